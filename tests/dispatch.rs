@@ -1,0 +1,267 @@
+//! The plugin server over real gRPC: hooks, the gateway's payload, events, bad input, big
+//! messages, many calls at once, Unix sockets, start-up errors, and grpcurl as an outside client.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use grpcio::RpcStatusCode;
+
+fn status_code(result: grpcio::Result<impl Sized>) -> RpcStatusCode {
+    match result {
+        Err(grpcio::Error::RpcFailure(status)) => status.code(),
+        Err(other) => panic!("not an RPC status: {other:?}"),
+        Ok(_) => RpcStatusCode::OK,
+    }
+}
+
+#[test]
+fn the_gateways_payload_comes_back_equal_field_for_field() {
+    let plugin = Plugin::start(&[]);
+    let sent = gateway_response_object();
+    assert_eq!(sent.hook_type, HookType::Response.into());
+    assert_eq!(dispatch(&plugin.client(), &sent).unwrap(), sent);
+}
+
+#[test]
+fn each_hook_gets_the_demo_edits_and_nothing_else() {
+    let plugin = Plugin::start(&[]);
+    let client = plugin.client();
+
+    let sent = object_with_hook(HookType::Pre);
+    let reply = dispatch(&client, &sent).unwrap();
+    assert_eq!(reply.request.add_params["new-param"], "new-value");
+    assert_eq!(reply.request.extended_params["extended-param"], "extended-value");
+    let mut expected = sent.clone();
+    expected.request.mut_or_insert_default().add_params.insert("new-param".into(), "new-value".into());
+    expected.request.mut_or_insert_default().extended_params.insert("extended-param".into(), "extended-value".into());
+    assert_eq!(reply, expected);
+
+    let sent = object_with_hook(HookType::PostKeyAuth);
+    let reply = dispatch(&client, &sent).unwrap();
+    assert_eq!(reply.request.delete_params, ["new-param"]);
+    let mut expected = sent.clone();
+    expected.request.mut_or_insert_default().delete_params.push("new-param".into());
+    assert_eq!(reply, expected);
+
+    for hook in [HookType::Post, HookType::Response, HookType::Unknown] {
+        let sent = object_with_hook(hook);
+        assert_eq!(dispatch(&client, &sent).unwrap(), sent, "{hook:?} only logs");
+    }
+
+    // CustomKeyCheck without a signature: refused, never authorised (auth has its own tests).
+    let reply = dispatch(&client, &object_with_hook(HookType::CustomKeyCheck)).unwrap();
+    assert_eq!(reply.request.return_overrides.response_code, 400);
+    assert!(reply.session.is_none() && !reply.metadata.contains_key("token"));
+
+    // A hook number from a newer gateway is echoed, not refused.
+    let mut future_hook = object_with_hook(HookType::Pre);
+    future_hook.hook_type = protobuf::EnumOrUnknown::from_i32(42);
+    assert_eq!(dispatch(&client, &future_hook).unwrap(), future_hook);
+}
+
+#[test]
+fn every_object_is_logged_as_one_line_of_json_with_hook_name_and_api() {
+    let mut plugin = Plugin::start(&[]);
+    let client = plugin.client();
+    for hook in [HookType::Pre, HookType::Post, HookType::PostKeyAuth, HookType::Response, HookType::CustomKeyCheck] {
+        dispatch(&client, &object_with_hook(hook)).unwrap();
+        let line = plugin.wait_for_line(&format!("hook={hook:?} name=\"My{hook:?}Hook\""), Duration::from_secs(10));
+        assert!(line.contains("api=\"ce6528c0af7b43206b9cf736a5e5d1b4\" trace=- {"), "{line}");
+        let json = &line[line.find(" {").unwrap() + 1..];
+        let logged: Object = protobuf_json_mapping::parse_from_str(json).unwrap();
+        assert_eq!(logged, object_with_hook(hook), "the line holds the received object");
+        assert!(json.contains(&format!("\"hookType\": \"{hook:?}\"")), "enum names, json names: {json}");
+    }
+}
+
+#[test]
+fn at_warn_level_no_object_is_logged() {
+    let plugin = Plugin::start(&[("RUST_LOG", "warn")]);
+    for _ in 0..3 {
+        dispatch(&plugin.client(), &object_with_hook(HookType::Pre)).unwrap();
+    }
+    dispatch_event(&plugin.client(), "{\"event\": 1}").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = plugin.log();
+    assert!(!log.contains("hook=") && !log.contains("DispatchEvent"), "{log}");
+}
+
+#[test]
+fn events_are_logged_as_compact_json_and_bad_ones_warned_about_in_bounded_length() {
+    let mut plugin = Plugin::start(&[]);
+    let client = plugin.client();
+    let payload = r#"{ "event": "AuthFailure",  "message": { "Key": "abc", "count": 9007199254740993 } }"#;
+    assert_eq!(dispatch_event(&client, payload).unwrap(), EventReply::new());
+    let line = plugin.wait_for_line("DispatchEvent {", Duration::from_secs(10));
+    assert!(
+        line.ends_with(r#"DispatchEvent {"event":"AuthFailure","message":{"Key":"abc","count":9007199254740993}}"#),
+        "{line}"
+    );
+
+    let not_json = format!("not json {}", "x".repeat(100_000));
+    assert_eq!(dispatch_event(&client, &not_json).unwrap(), EventReply::new());
+    let line = plugin.wait_for_line("payload is not JSON", Duration::from_secs(10));
+    assert!(line.contains("WARN") && line.contains("not json xxx") && line.len() < 600, "{line}");
+
+    let too_deep = "[".repeat(100_000);
+    assert_eq!(dispatch_event(&client, &too_deep).unwrap(), EventReply::new());
+    plugin.wait_for_line("recursion limit exceeded", Duration::from_secs(10));
+}
+
+#[test]
+fn garbage_bytes_get_an_error_status_and_the_server_serves_on() {
+    let plugin = Plugin::start(&[]);
+    let client = plugin.client();
+    for garbage in [vec![0xff; 64], b"\x0a\xff\xff\xff\xff\x0f".to_vec(), b"not a protobuf message at all".to_vec()] {
+        let result = client.unary_call(&DISPATCH_RAW, &garbage, call_options());
+        let code = status_code(result);
+        assert!(code != RpcStatusCode::OK, "{garbage:?} was accepted");
+    }
+    let sent = object_with_hook(HookType::Post);
+    assert_eq!(dispatch(&client, &sent).unwrap(), sent);
+}
+
+#[test]
+fn a_16_mib_body_goes_both_ways_and_the_limit_answers_resource_exhausted() {
+    let plugin = Plugin::start(&[]);
+    let mut big = object_with_hook(HookType::Pre);
+    let request = big.request.mut_or_insert_default();
+    request.raw_body = (0..16 << 20).map(|i| (i % 251) as u8).collect();
+    request.body = "b".repeat(1 << 20);
+    let reply = dispatch(&plugin.client(), &big).unwrap();
+    assert_eq!(reply.request.raw_body, big.request.raw_body);
+    assert_eq!(reply.request.body, big.request.body);
+
+    let small = Plugin::start(&[("TYK_PLUGIN_MAX_MESSAGE_BYTES", "1048576")]);
+    let client = small.client();
+    assert_eq!(status_code(dispatch(&client, &big)), RpcStatusCode::RESOURCE_EXHAUSTED);
+    let sent = object_with_hook(HookType::Post);
+    assert_eq!(dispatch(&client, &sent).unwrap(), sent, "it serves on");
+}
+
+#[test]
+fn a_thousand_calls_in_flight_at_once_are_all_answered() {
+    let plugin = Plugin::start(&[("RUST_LOG", "warn")]);
+    let client = plugin.client();
+    let mut sent = Vec::new();
+    let receivers: Vec<_> = (0..1000)
+        .map(|i| {
+            let mut object = object_with_hook(HookType::Response);
+            object.hook_name = format!("call-{i}");
+            let receiver = client.unary_call_async(&proto::DISPATCH, &object, call_options()).unwrap();
+            sent.push(object);
+            receiver
+        })
+        .collect();
+    for (receiver, object) in receivers.into_iter().zip(&sent) {
+        assert_eq!(&futures_executor::block_on(receiver).unwrap(), object);
+    }
+}
+
+#[test]
+fn serves_a_unix_socket_and_tcp_together() {
+    let dir = temp_dir("unix");
+    let socket = dir.join("plugin.sock");
+    let listen = format!("unix:{},127.0.0.1:0", socket.display());
+    let plugin = Plugin::start(&[("TYK_PLUGIN_LISTEN", &listen)]);
+    let sent = object_with_hook(HookType::Post);
+    // The gateway dials unix:///path; both spellings reach the socket.
+    for target in [format!("unix:{}", socket.display()), format!("unix://{}", socket.display())] {
+        assert_eq!(dispatch(&client(&target), &sent).unwrap(), sent, "{target}");
+    }
+    assert!(plugin.addresses[1].starts_with("127.0.0.1:"));
+    assert_eq!(dispatch(&client(&plugin.addresses[1]), &sent).unwrap(), sent);
+}
+
+#[test]
+fn each_startup_error_is_one_line_naming_the_setting() {
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = occupied.local_addr().unwrap().to_string();
+    let not_a_file = temp_dir("keys").join("missing.json");
+    let malformed = temp_dir("keys").join("keys.json");
+    std::fs::write(&malformed, r#"{"keys": [{"keyId": "a", "secret": "s"}, {"keyId": "a", "secret": "t"}]}"#).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("TYK_PLUGIN_LISTEN", in_use.clone(), "Address already in use"),
+        ("TYK_PLUGIN_LISTEN", "localhost".into(), "not host:port"),
+        ("TYK_PLUGIN_LISTEN", "127.0.0.1:0,,".into(), "not host:port"),
+        ("TYK_PLUGIN_LISTEN", "unix:/no/such/dir/plugin.sock".into(), "No such file or directory"),
+        ("TYK_PLUGIN_LISTEN", "192.0.2.1:50051".into(), "Cannot assign requested address"),
+        ("TYK_PLUGIN_MAX_MESSAGE_BYTES", "64MB".into(), "not valid"),
+        ("TYK_PLUGIN_MAX_MESSAGE_BYTES", "0".into(), "not valid"),
+        ("TYK_PLUGIN_MAX_MESSAGE_BYTES", "4294967296".into(), "not valid"),
+        ("TYK_PLUGIN_HMAC_CLOCK_SKEW", "-1".into(), "not a number of seconds"),
+        ("TYK_PLUGIN_SHUTDOWN_GRACE", "ten".into(), "not a number of seconds"),
+        ("TYK_PLUGIN_MAX_CONNECTION_AGE", "NaN".into(), "not a number of seconds"),
+        ("TYK_PLUGIN_KEEPALIVE_TIME", "1e400".into(), "not a number of seconds"),
+        ("TYK_PLUGIN_LOG_SECRETS", "yes".into(), "not 0 or 1"),
+        ("TYK_PLUGIN_HMAC_KEYS_FILE", not_a_file.display().to_string(), "cannot read it"),
+        ("TYK_PLUGIN_HMAC_KEYS_FILE", malformed.display().to_string(), "appears twice"),
+    ];
+    for (name, value, reason) in cases {
+        let mut settings = vec![(name, value.as_str())];
+        if name != "TYK_PLUGIN_LISTEN" {
+            settings.push(("TYK_PLUGIN_LISTEN", "127.0.0.1:0"));
+        }
+        let (status, stderr) = start_failure(&settings);
+        assert_eq!(status.code(), Some(1), "{name}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}={value}: one line: {stderr}");
+        assert!(stderr.contains(name) && stderr.contains(reason), "{name}={value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    drop(occupied);
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default_and_version_prints_the_version() {
+    let help = Command::new(BINARY).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for (setting, default) in [
+        ("TYK_PLUGIN_LISTEN", "[::]:50051"),
+        ("TYK_PLUGIN_MAX_MESSAGE_BYTES", "67108864"),
+        ("TYK_PLUGIN_HMAC_KEYS_FILE", "(unset)"),
+        ("TYK_PLUGIN_HMAC_CLOCK_SKEW", "300"),
+        ("TYK_PLUGIN_LOG_SECRETS", "0"),
+        ("TYK_PLUGIN_SHUTDOWN_GRACE", "10"),
+        ("TYK_PLUGIN_MAX_CONNECTION_AGE", "300"),
+        ("TYK_PLUGIN_MAX_CONNECTION_AGE_GRACE", "30"),
+        ("TYK_PLUGIN_KEEPALIVE_TIME", "60"),
+        ("TYK_PLUGIN_KEEPALIVE_TIMEOUT", "20"),
+        ("RUST_LOG", "info"),
+    ] {
+        let line = help.lines().find(|line| line.trim_start().starts_with(setting)).unwrap_or_default();
+        assert!(line.split_whitespace().nth(1) == Some(default), "{setting} default {default}: {line:?}");
+    }
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs")).unwrap();
+    for (at, _) in source.match_indices("TYK_PLUGIN_") {
+        let name: String = source[at..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+        assert!(help.contains(&name), "--help misses {name}");
+    }
+
+    let version = Command::new(BINARY).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap().trim(),
+        format!("tyk-grpc-plugin {}", env!("CARGO_PKG_VERSION"))
+    );
+    let unknown = Command::new(BINARY).arg("--frobnicate").output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn grpcurl_calls_dispatch_with_the_proto_files() {
+    let Some(grpcurl) = tool("grpcurl") else { return };
+    let plugin = Plugin::start(&[]);
+    let payload = std::fs::read_to_string(fixture("response_example.json")).unwrap();
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let output = Command::new(grpcurl)
+        .args(["-plaintext", "-import-path", proto_dir, "-proto", "coprocess_object.proto", "-d", &payload])
+        .args([plugin.address.as_str(), "coprocess.Dispatcher/Dispatch"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reply: Object = protobuf_json_mapping::parse_from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    assert_eq!(reply, gateway_response_object());
+}
