@@ -41,7 +41,9 @@ Settings, from the environment (an empty value counts as unset):
   TYK_PLUGIN_HMAC_KEYS_FILE            (unset)     JSON keys file; unset: the tyk-demo's key, with a warning
   TYK_PLUGIN_HMAC_CLOCK_SKEW           300         seconds a signed date may differ from now; 0: no check
   TYK_PLUGIN_LOG_SECRETS               0           1: log secrets unredacted (debugging only)
-  TYK_PLUGIN_SHUTDOWN_GRACE            10          seconds to answer calls in flight after SIGTERM/SIGINT
+  TYK_PLUGIN_DRAIN_DELAY               0           seconds to keep serving after SIGTERM/SIGINT with health
+                                                   NOT_SERVING, so health-checking clients leave first
+  TYK_PLUGIN_SHUTDOWN_GRACE            10          seconds to answer calls in flight after that
   TYK_PLUGIN_MAX_CONNECTION_AGE        300         seconds before a connection is asked to reconnect; 0: never
   TYK_PLUGIN_MAX_CONNECTION_AGE_GRACE  30          seconds an aged connection gets to finish its calls
   TYK_PLUGIN_KEEPALIVE_TIME            60          seconds between pings on an idle connection; 0: no pings
@@ -57,6 +59,7 @@ struct Settings {
     hmac_keys_file: Option<String>,
     clock_skew: Duration,
     log_secrets: bool,
+    drain_delay: Duration,
     shutdown_grace: Duration,
     max_connection_age: Duration,
     max_connection_age_grace: Duration,
@@ -86,6 +89,7 @@ impl Settings {
                 "1" | "true" => true,
                 other => return Err(format!("TYK_PLUGIN_LOG_SECRETS={other:?} is not 0 or 1")),
             },
+            drain_delay: seconds("TYK_PLUGIN_DRAIN_DELAY", "0")?,
             shutdown_grace: seconds("TYK_PLUGIN_SHUTDOWN_GRACE", "10")?,
             max_connection_age: seconds("TYK_PLUGIN_MAX_CONNECTION_AGE", "300")?,
             max_connection_age_grace: seconds("TYK_PLUGIN_MAX_CONNECTION_AGE_GRACE", "30")?,
@@ -202,11 +206,12 @@ fn serve() -> Result<i32, String> {
     }
     info!(
         "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; clock skew {:?}; \
-         shutdown grace {:?}; connection age {:?} + {:?}; keepalive {:?}/{:?}",
+         drain delay {:?}, shutdown grace {:?}; connection age {:?} + {:?}; keepalive {:?}/{:?}",
         bound.join(", "),
         keys.read().map_or(0, |keys| keys.len()),
         settings.max_message_bytes,
         settings.clock_skew,
+        settings.drain_delay,
         settings.shutdown_grace,
         settings.max_connection_age,
         settings.max_connection_age_grace,
@@ -233,7 +238,7 @@ fn serve() -> Result<i32, String> {
             Ok(Notice::Drained) | Err(_) => break,
         }
     }
-    Ok(drain(&mut server, &health, settings.shutdown_grace, notify, &notices))
+    Ok(drain(&mut server, &health, &settings, notify, &notices))
 }
 
 fn load_keys(path: Option<&str>) -> Result<Keys, String> {
@@ -275,26 +280,32 @@ fn reload_keys(path: Option<&str>, keys: &RwLock<Arc<Keys>>) {
     }
 }
 
-/// Graceful drain: health turns NOT_SERVING and ends its Watch streams, the server refuses new
-/// calls (clients move to other replicas) and answers every call it has; past the grace, what
+/// Graceful drain: health turns NOT_SERVING and ends its Watch streams; for the drain delay calls
+/// are still served, so health-checking clients and balancers leave first; then the server refuses
+/// new calls (clients move to other replicas) and answers every call it has. Past the grace, what
 /// is left is cancelled. A second signal exits at once. Returns the exit code.
 fn drain(
     server: &mut Server,
     health: &Health,
-    grace: Duration,
+    settings: &Settings,
     notify: mpsc::Sender<Notice>,
     notices: &mpsc::Receiver<Notice>,
 ) -> i32 {
     let started = Instant::now();
     health.start_drain();
-    let shutdown = server.shutdown();
-    std::thread::spawn(move || {
-        let _ = futures_executor::block_on(shutdown);
-        let _ = notify.send(Notice::Drained);
-    });
-    let deadline = started + grace;
+    let refuse_from = started + settings.drain_delay;
+    let mut deadline = None;
     loop {
-        match notices.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if deadline.is_none() && Instant::now() >= refuse_from {
+            let shutdown = server.shutdown();
+            let notify = notify.clone();
+            std::thread::spawn(move || {
+                let _ = futures_executor::block_on(shutdown);
+                let _ = notify.send(Notice::Drained);
+            });
+            deadline = Some(Instant::now() + settings.shutdown_grace);
+        }
+        match notices.recv_timeout(deadline.unwrap_or(refuse_from).saturating_duration_since(Instant::now())) {
             Ok(Notice::Drained) => {
                 let counts = CallCounts::read().map_or_else(String::new, |c| {
                     format!("; since start {} calls answered OK, {} not", c.succeeded, c.failed)
@@ -307,11 +318,12 @@ fn drain(
                 warn!("signal {signal} during the drain: exiting at once");
                 return 128 + signal;
             }
-            Err(_) => break,
+            Err(_) if deadline.is_some() => break,
+            Err(_) => {} // the drain delay is over
         }
     }
     let open = CallCounts::read().map_or_else(|| "the".into(), |c| c.open().to_string());
-    warn!("shutdown grace of {grace:?} is over: cancelling {open} call(s) still open");
+    warn!("shutdown grace of {:?} is over: cancelling {open} call(s) still open", settings.shutdown_grace);
     server.cancel_all_calls();
     let _ = notices.recv_timeout(Duration::from_secs(2));
     0

@@ -51,18 +51,15 @@ impl Plugin {
 
     fn launch(settings: &[(&str, &str)], log_file: Option<&Path>) -> Plugin {
         let logs_start = settings.iter().all(|(name, value)| *name != "RUST_LOG" || value.contains("info"));
+        let reads_start_line = logs_start && log_file.is_none();
+        let given = settings.iter().find(|(name, _)| *name == "TYK_PLUGIN_LISTEN").map(|(_, value)| value.to_string());
+        // The start line names the bound port; without it, the port is chosen here.
+        let listen = given.unwrap_or_else(|| match reads_start_line {
+            true => "127.0.0.1:0".into(),
+            false => format!("127.0.0.1:{}", free_port()),
+        });
         let mut command = plugin_command(settings);
-        let chosen = if settings.iter().any(|(name, _)| *name == "TYK_PLUGIN_LISTEN") {
-            None
-        } else if logs_start && log_file.is_none() {
-            command.env("TYK_PLUGIN_LISTEN", "127.0.0.1:0");
-            None
-        } else {
-            // The start line, which names the port, is not logged: choose one.
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            command.env("TYK_PLUGIN_LISTEN", format!("127.0.0.1:{port}"));
-            Some(format!("127.0.0.1:{port}"))
-        };
+        command.env("TYK_PLUGIN_LISTEN", &listen);
         let stderr = match log_file {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::piped(),
@@ -80,13 +77,12 @@ impl Plugin {
             });
         }
         let mut plugin = Plugin { child, address: String::new(), addresses: Vec::new(), output };
-        plugin.addresses = match chosen {
-            Some(address) => vec![address],
-            None => {
-                let started = plugin.wait_for_line(" listening on ", START_TIMEOUT);
-                let addresses = started.split(" listening on ").nth(1).unwrap().split(';').next().unwrap();
-                addresses.split(", ").map(str::to_owned).collect()
-            }
+        plugin.addresses = if reads_start_line {
+            let started = plugin.wait_for_line(" listening on ", START_TIMEOUT);
+            let addresses = started.split(" listening on ").nth(1).unwrap().split(';').next().unwrap();
+            addresses.split(", ").map(str::to_owned).collect()
+        } else {
+            listen.split(',').map(str::to_owned).collect()
         };
         plugin.address = plugin.addresses[0].clone();
         let health = proto::HealthCheckRequest::new();
@@ -156,6 +152,10 @@ impl Drop for Plugin {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The server binary with exactly these settings in its environment (plus PATH).
