@@ -370,7 +370,7 @@ fn health_check() -> i32 {
     match grpcio::Client::new(channel).unary_call(&proto::HEALTH_CHECK, &Default::default(), options) {
         Ok(reply) if reply.status == proto::ServingStatus::SERVING.into() => 0,
         Ok(reply) => {
-            eprintln!("tyk-grpc-plugin at {target}: {:?}", reply.status);
+            eprintln!("tyk-grpc-plugin at {target}: {:?}", reply.status.enum_value_or_default());
             1
         }
         Err(error) => {

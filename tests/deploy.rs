@@ -1,0 +1,216 @@
+//! Shipping: the Dockerfile, docker-compose.yml, the scripts and the Kubernetes manifests, checked by
+//! the linters and schema validators (each also shown a broken input, so it is seen to fail), and
+//! the container health check run for real. There is no Docker engine here: CI runs the
+//! Dockerfile's build command instead.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap()
+}
+
+fn run(tool_path: &Path, args: &[&str]) -> Output {
+    Command::new(tool_path).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A YAML file as JSON, read by PyYAML from the tools' Python (kubernetes-validate brings it).
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let python = tool("python3").unwrap();
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let output = Command::new(python).args(["-c", script]).arg(path).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The settings --help documents, with their defaults.
+fn documented_settings() -> Vec<(String, String)> {
+    let help = String::from_utf8(Command::new(BINARY).arg("--help").output().unwrap().stdout).unwrap();
+    help.lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut words| Some((words.next()?.to_owned(), words.next()?.to_owned())))
+        .filter(|(name, _)| name.starts_with("TYK_PLUGIN_") || name == "RUST_LOG")
+        .map(|(name, default)| (name, if default == "(unset)" { String::new() } else { default }))
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_is_lint_clean_multi_stage_non_root_with_a_grpc_health_check() {
+    let Some(hadolint) = tool("hadolint") else { return };
+    let lint = run(&hadolint, &["Dockerfile"]);
+    assert!(lint.status.success(), "{}", text(&lint));
+    let broken = temp_dir("hadolint").join("Dockerfile");
+    std::fs::write(&broken, "FROM debian:latest\nRUN cd /tmp && apt-get install curl\n").unwrap();
+    assert!(!run(&hadolint, &[broken.to_str().unwrap()]).status.success(), "hadolint fails a bad Dockerfile");
+
+    let dockerfile = read("Dockerfile");
+    let stages: Vec<&str> = dockerfile.lines().filter(|line| line.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a slim runtime stage: {stages:?}");
+    assert!(stages[1].contains("slim"), "{}", stages[1]);
+    for needed in ["cmake", "g++", "USER 10001", "EXPOSE 50051", "CMD [\"tyk-grpc-plugin\", \"--health-check\"]"] {
+        assert!(dockerfile.contains(needed), "the Dockerfile has {needed}");
+    }
+    // The dependency layer (with gRPC's C core) is built before the sources are copied in.
+    let dependencies_built = dockerfile.find("cargo build --release --locked").unwrap();
+    assert!(dependencies_built < dockerfile.find("COPY src src").unwrap());
+    assert!(read(".dockerignore").lines().next().is_some_and(|first| first.starts_with('#')));
+    assert!(!read(".dockerignore").contains("!target"), "target/ stays out of the build context");
+}
+
+#[test]
+fn ci_runs_the_dockerfiles_build_command() {
+    let command = "cargo build --release --locked";
+    let build_lines = read("Dockerfile").lines().filter(|line| line.contains("cargo build")).count();
+    assert_eq!(read("Dockerfile").matches(command).count(), build_lines, "every Dockerfile build is {command}");
+    assert!(read(".ci/run").lines().any(|line| line.trim() == command), ".ci/run runs {command}");
+}
+
+#[test]
+fn the_images_environment_holds_every_setting_with_the_readmes_default() {
+    let dockerfile = read("Dockerfile");
+    let readme = read("README.md");
+    let settings = documented_settings();
+    assert!(settings.len() >= 12, "{settings:?}");
+    for (name, default) in settings {
+        let in_image = format!(
+            "{name}={}",
+            if default.is_empty() || default.contains(':') { format!("\"{default}\"") } else { default.clone() }
+        );
+        assert!(dockerfile.contains(&in_image), "the Dockerfile sets {in_image}");
+        assert!(readme.contains(&format!("| `{name}` |")), "the README documents {name}");
+    }
+}
+
+#[test]
+fn docker_compose_runs_it_under_the_demos_service_name() {
+    let Some(check_jsonschema) = tool("check-jsonschema") else { return };
+    let valid = run(&check_jsonschema, &["--builtin-schema", "vendor.compose-spec", "docker-compose.yml"]);
+    assert!(valid.status.success(), "{}", text(&valid));
+    let broken = temp_dir("compose").join("docker-compose.yml");
+    std::fs::write(&broken, "services:\n  plugin:\n    ports: 50051\n    stop_grace_period: [15]\n").unwrap();
+    let invalid = run(&check_jsonschema, &["--builtin-schema", "vendor.compose-spec", broken.to_str().unwrap()]);
+    assert!(!invalid.status.success(), "the schema check fails a broken file");
+
+    let compose = &yaml_documents(&repo("docker-compose.yml"))[0];
+    let service = &compose["services"]["tyk-python-grpc-server"];
+    assert_eq!(service["build"], ".");
+    assert_eq!(service["ports"][0], "50051:50051");
+    let stop: f64 = service["stop_grace_period"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
+    let grace: f64 = service["environment"]["TYK_PLUGIN_SHUTDOWN_GRACE"].as_str().unwrap().parse().unwrap();
+    assert!(stop > grace, "Docker waits longer than the drain");
+    let gateway = &compose["x-tyk-gateway-environment"];
+    assert_eq!(gateway["TYK_GW_COPROCESSOPTIONS_COPROCESSGRPCSERVER"], "tcp://tyk-python-grpc-server:50051");
+}
+
+#[test]
+fn the_scripts_are_shellcheck_clean() {
+    let Some(shellcheck) = tool("shellcheck") else { return };
+    let checked = run(&shellcheck, &["hmac.sh", "up.sh", "down.sh", ".ci/run"]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let broken = temp_dir("shellcheck").join("broken.sh");
+    std::fs::write(&broken, "#!/bin/bash\nrm -rf $1/*\n").unwrap();
+    assert!(!run(&shellcheck, &[broken.to_str().unwrap()]).status.success());
+    for script in ["up.sh", "down.sh"] {
+        assert!(read(script).contains("docker compose"), "{script} uses docker compose");
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_fit_together() {
+    let Some(validate) = tool("kubernetes-validate") else { return };
+    let manifests: Vec<PathBuf> = std::fs::read_dir(repo("deploy/kubernetes"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    assert_eq!(manifests.len(), 4, "{manifests:?}");
+    let mut args = vec!["--strict".to_owned()];
+    args.extend(manifests.iter().map(|path| path.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let checked = run(&validate, &args);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let broken = temp_dir("kubernetes").join("broken.yaml");
+    std::fs::write(&broken, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: three}\n")
+        .unwrap();
+    assert!(!run(&validate, &["--strict", broken.to_str().unwrap()]).status.success());
+
+    let documents: Vec<Value> = manifests.iter().flat_map(|path| yaml_documents(path)).collect();
+    let of_kind = |kind: &str| documents.iter().find(|doc| doc["kind"] == kind).unwrap_or_else(|| panic!("a {kind}"));
+    let deployment = of_kind("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["grpc"]["port"], 50051, "{probe} asks the gRPC health service");
+    }
+    let env = |name: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+    };
+    let grace: u64 = env("TYK_PLUGIN_SHUTDOWN_GRACE").unwrap().parse().unwrap();
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > pre_stop + grace);
+    assert!(container["resources"]["requests"]["memory"].is_string());
+
+    let secret = of_kind("Secret");
+    let keys_file = env("TYK_PLUGIN_HMAC_KEYS_FILE").unwrap();
+    let mount = &container["volumeMounts"][0];
+    assert_eq!(Path::new(&keys_file).parent().unwrap(), Path::new(mount["mountPath"].as_str().unwrap()));
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], secret["metadata"]["name"]);
+    let keys_json =
+        secret["stringData"][Path::new(&keys_file).file_name().unwrap().to_str().unwrap()].as_str().unwrap();
+    let keys_path = temp_dir("kubernetes-keys").join("keys.json");
+    std::fs::write(&keys_path, keys_json).unwrap();
+    Plugin::start(&[("TYK_PLUGIN_HMAC_KEYS_FILE", keys_path.to_str().unwrap())])
+        .wait_for_line("2 HMAC key(s)", Duration::from_secs(5));
+
+    let service = of_kind("Service");
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless, for dns:/// round robin");
+    assert_eq!(service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"]);
+    let gateway = &of_kind("ConfigMap")["data"];
+    let target = gateway["TYK_GW_COPROCESSOPTIONS_COPROCESSGRPCSERVER"].as_str().unwrap();
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    assert!(target.starts_with(&format!("dns:///{service_name}.")) && target.ends_with(":50051"), "{target}");
+    assert_eq!(gateway["TYK_GW_COPROCESSOPTIONS_GRPCROUNDROBINLOADBALANCING"], "true");
+}
+
+#[test]
+fn the_health_check_mode_exits_0_only_for_a_serving_server() {
+    let health_check = |listen: &str| {
+        Command::new(BINARY).arg("--health-check").env_clear().env("TYK_PLUGIN_LISTEN", listen).output().unwrap()
+    };
+    let socket = temp_dir("health-check").join("plugin.sock").display().to_string();
+    let mut plugin =
+        Plugin::start(&[("TYK_PLUGIN_LISTEN", &format!("127.0.0.1:0,unix:{socket}")), ("TYK_PLUGIN_DRAIN_DELAY", "5")]);
+    let port = plugin.address.rsplit_once(':').unwrap().1.to_owned();
+    for listen in [plugin.address.clone(), format!("[::]:{port}"), format!("0.0.0.0:{port}"), format!("unix:{socket}")]
+    {
+        let checked = health_check(&listen);
+        assert!(checked.status.success(), "{listen}: {}", text(&checked));
+    }
+    plugin.signal(libc::SIGTERM);
+    plugin.wait_for_line("draining", Duration::from_secs(5));
+    let draining = health_check(&plugin.address);
+    assert_eq!(draining.status.code(), Some(1), "NOT_SERVING while draining: {}", text(&draining));
+    assert!(text(&draining).contains("NOT_SERVING"));
+    let nothing = health_check(&format!("127.0.0.1:{}", free_port()));
+    assert_eq!(nothing.status.code(), Some(1));
+}
