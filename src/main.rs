@@ -10,6 +10,7 @@ mod health;
 mod proto;
 mod reflection;
 
+use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -136,7 +137,13 @@ fn main() {
             std::process::exit(2);
         }
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // One line per record, in env_logger's usual layout, written as it is: no colour codes to strip
+    // and no multi-line indenting to scan for, which the default writer does byte by byte.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|out, record| {
+            writeln!(out, "[{} {:<5} {}] {}", out.timestamp(), record.level(), record.target(), record.args())
+        })
+        .init();
     // gRPC core's own lines go through the same logger; redirect_log takes core's verbosity from
     // the log level, and core is worth hearing at error level only.
     let level = log::max_level();
@@ -391,22 +398,28 @@ struct Dispatcher {
 
 impl Dispatcher {
     fn dispatch(&self, ctx: RpcContext, object: Object, sink: UnarySink<Object>) {
+        // At INFO a copy of the received object is kept for its log line, written once the reply is
+        // on its way, so logging adds nothing to the gateway's wait. At WARN nothing is copied or
+        // formatted.
+        let received = log_enabled!(Level::Info).then(|| object.clone());
         // A panic in hook logic fails this one call instead of killing a grpcio thread.
-        let sent = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(&ctx, object))) {
-            Ok(reply) => sink.success(reply),
+        let (sent, note) = match std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(object, received.is_some())))
+        {
+            Ok((reply, note)) => (sink.success(reply), note),
             Err(_) => {
-                sink.fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this call".into()))
+                let status = RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this call".into());
+                (sink.fail(status), Some("failed: the handler panicked".into()))
             }
         };
         finish(&ctx, sent);
+        if let Some(received) = received {
+            self.log(&ctx, received, note);
+        }
     }
 
-    fn handle(&self, ctx: &RpcContext, mut object: Object) -> Object {
-        // Built only when INFO is on: at WARN the hot path pays for no formatting at all.
-        let label = log_enabled!(Level::Info).then(|| call_label(ctx, &object));
-        if let Some(label) = &label {
-            info!("{label} {}", self.object_json(&mut object));
-        }
+    /// The reply to one call, and what its log line should add (only when `logging`).
+    fn handle(&self, mut object: Object, logging: bool) -> (Object, Option<String>) {
+        let mut note = None;
         // The demo's edits per hook: add your own logic here. The reply is the received object,
         // edited: the gateway reads url, method and raw_body back from it.
         match object.hook_type.enum_value() {
@@ -419,26 +432,29 @@ impl Dispatcher {
             Ok(HookType::CustomKeyCheck) => {
                 let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
                 let decision = auth::authenticate(&mut object, &keys, self.clock_skew);
-                match (&label, decision) {
-                    (Some(label), Ok(key)) => info!("{label} authorised keyId={:?}", shorten(&key.id)),
-                    (Some(label), Err(refusal)) => info!("{label} refused {}: {}", refusal.status, refusal.reason),
-                    (None, _) => {}
-                }
+                note = logging.then(|| match decision {
+                    Ok(key) => format!("authorised keyId={:?}", shorten(&key.id)),
+                    Err(refusal) => format!("refused {}: {}", refusal.status, refusal.reason),
+                });
             }
             Ok(HookType::Post | HookType::Response | HookType::Unknown) | Err(_) => {}
         }
-        object
+        (object, note)
     }
 
-    /// The object as proto3 JSON on one line, secrets redacted unless TYK_PLUGIN_LOG_SECRETS=1.
-    fn object_json(&self, object: &mut Object) -> String {
-        let print = |object: &Object| {
-            protobuf_json_mapping::print_to_string(object).unwrap_or_else(|e| format!("(not printable as JSON: {e})"))
-        };
-        if self.log_secrets {
-            print(object)
-        } else {
-            with_secrets_redacted(object, print)
+    /// One line with the received object as proto3 JSON (secrets redacted unless
+    /// TYK_PLUGIN_LOG_SECRETS=1), and one more for the note, if any.
+    fn log(&self, ctx: &RpcContext, mut received: Object, note: Option<String>) {
+        let label = call_label(ctx, &received);
+        if !self.log_secrets {
+            redact(&mut received);
+        }
+        match protobuf_json_mapping::print_to_string(&received) {
+            Ok(json) => info!("{label} {json}"),
+            Err(error) => warn!("{label} (the object is not printable as JSON: {error})"),
+        }
+        if let Some(note) = note {
+            info!("{label} {note}");
         }
     }
 
@@ -493,39 +509,28 @@ fn shorten(text: &str) -> &str {
 const REDACTED: &str = "[redacted]";
 const SECRET_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
 
-/// Runs `log` on the object with its secrets replaced by "[redacted]", then puts them back, so
-/// neither the object (bodies can be megabytes) is copied nor the reply altered.
-fn with_secrets_redacted<R>(object: &mut Object, log: impl FnOnce(&Object) -> R) -> R {
-    let mut secrets = Vec::new();
-    visit_secrets(object, &mut |value| secrets.push(std::mem::replace(value, REDACTED.into())));
-    let result = log(object);
-    let mut secrets = secrets.into_iter();
-    visit_secrets(object, &mut |value| *value = secrets.next().unwrap_or_default());
-    result
-}
-
-/// Calls `visit` on every non-empty secret of the object, always in the same order.
-fn visit_secrets(object: &mut Object, visit: &mut dyn FnMut(&mut String)) {
-    let mut visit_filled = |value: &mut String| {
+/// Replaces the object's secrets with "[redacted]": credential headers and the session's secrets.
+fn redact(object: &mut Object) {
+    let hide = |value: &mut String| {
         if !value.is_empty() {
-            visit(value)
+            *value = REDACTED.into();
         }
     };
     if let Some(request) = object.request.as_mut() {
         for (name, value) in request.headers.iter_mut() {
             if SECRET_HEADERS.iter().any(|secret| name.eq_ignore_ascii_case(secret)) {
-                visit_filled(value);
+                hide(value);
             }
         }
     }
     if let Some(session) = object.session.as_mut() {
-        visit_filled(&mut session.hmac_secret);
+        hide(&mut session.hmac_secret);
         if let Some(basic_auth) = session.basic_auth_data.as_mut() {
-            visit_filled(&mut basic_auth.password);
+            hide(&mut basic_auth.password);
         }
         if let Some(jwt) = session.jwt_data.as_mut() {
-            visit_filled(&mut jwt.secret);
+            hide(&mut jwt.secret);
         }
-        session.oauth_keys.values_mut().for_each(visit_filled);
+        session.oauth_keys.values_mut().for_each(hide);
     }
 }
