@@ -5,6 +5,7 @@
 //! show what grpcio itself allows on the machine. With TYK_BENCH_PEER=host:port (and optionally
 //! TYK_BENCH_PEER_PID) the Response-payload scenarios also run against another server, e.g. the
 //! Python original, in the same run. TYK_BENCH_SECONDS sets each scenario's length (default 5).
+//! `--write-frame PATH` writes the Response payload as a gRPC frame for h2load (benches/h2load.sh).
 //! See docs/benchmarks.md.
 
 #[path = "../tests/common/mod.rs"]
@@ -20,8 +21,12 @@ use common::{proto, HookType, Object};
 use grpcio::{CallOption, ChannelBuilder, Client, Environment, ServerBuilder, ServerCredentials, ServiceBuilder};
 
 fn main() {
-    if std::env::args().any(|arg| arg == "--echo-server") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--echo-server") {
         return echo_server();
+    }
+    if let Some(path) = args.iter().position(|arg| arg == "--write-frame").and_then(|at| args.get(at + 1)) {
+        return write_frame(path);
     }
     let seconds: f64 = std::env::var("TYK_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let length = Duration::from_secs_f64(seconds);
@@ -209,6 +214,16 @@ fn echo_server() {
     println!("listening on 127.0.0.1:{port}");
     std::io::stdout().flush().unwrap();
     let _ = std::io::stdin().read(&mut [0]);
+}
+
+/// The gateway's Response payload as one gRPC frame (uncompressed flag, length, message), the body
+/// h2load sends (benches/h2load.sh).
+fn write_frame(path: &str) {
+    let message = protobuf::Message::write_to_bytes(&common::gateway_response_object()).unwrap();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    std::fs::write(path, frame).unwrap();
 }
 
 fn cores() -> usize {
