@@ -416,3 +416,34 @@ fn connections_older_than_the_max_age_are_closed_after_their_grace() {
         assert!(replies.next().await.unwrap().is_ok());
     });
 }
+
+/// Opens an HTTP/2 connection that never answers a PING, as a gateway that died would, and returns
+/// how long the server kept it (None: still open after `wait`).
+fn silent_connection_lifetime(address: &str, wait: Duration) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    // The client preface and an empty SETTINGS frame; nothing more, not even a SETTINGS ack.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let opened = Instant::now();
+    let mut buffer = [0u8; 4096];
+    while opened.elapsed() < wait {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(opened.elapsed()),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Some(opened.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn keepalive_pings_close_connections_that_stop_answering() {
+    let pinging = Plugin::start(&[("TYK_PLUGIN_KEEPALIVE_TIME", "0.3"), ("TYK_PLUGIN_KEEPALIVE_TIMEOUT", "0.3")]);
+    let closed = silent_connection_lifetime(&pinging.address, Duration::from_secs(10));
+    assert!(closed.is_some_and(|after| after < Duration::from_secs(5)), "reaped after {closed:?}");
+
+    let default = Plugin::start(&[]);
+    assert_eq!(silent_connection_lifetime(&default.address, Duration::from_secs(2)), None, "kept with the defaults");
+}
