@@ -24,11 +24,6 @@ pub const HEALTH_CHECK: Method<HealthCheckRequest, HealthCheckResponse> =
 pub const HEALTH_WATCH: Method<HealthCheckRequest, HealthCheckResponse> =
     method(MethodType::ServerStreaming, "/grpc.health.v1.Health/Watch");
 
-pub const REFLECTION_V1ALPHA: Method<
-    reflection_v1alpha::ServerReflectionRequest,
-    reflection_v1alpha::ServerReflectionResponse,
-> = method(MethodType::Duplex, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo");
-
 pub const REFLECTION_V1: Method<reflection_v1::ServerReflectionRequest, reflection_v1::ServerReflectionResponse> =
     method(MethodType::Duplex, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
 

@@ -1,9 +1,9 @@
 //! gRPC server reflection, so grpcurl and similar tools can list, describe and call the server
 //! without proto files. No crate does this for grpcio, hence this module.
 //!
-//! Both grpc.reflection.v1alpha (grpcurl up to 1.8) and grpc.reflection.v1 are served. Their
-//! messages are the same on the wire, so one handler over the v1 types serves both method names.
-//! The descriptors are the ones compiled into the generated code, not a second copy.
+//! Both grpc.reflection.v1alpha (grpcurl up to 1.8) and grpc.reflection.v1 are served. They differ
+//! only in their package, so one handler over the v1 types serves both method names, and v1alpha's
+//! descriptor is v1's, renamed. Every descriptor comes from the generated code, not a second copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -20,7 +20,9 @@ use crate::proto::reflection_v1::{
     ErrorResponse, ExtensionNumberResponse, FileDescriptorResponse, ListServiceResponse, ServerReflectionRequest,
     ServerReflectionResponse, ServiceResponse,
 };
-use crate::proto::{self, REFLECTION_V1, REFLECTION_V1ALPHA};
+use crate::proto::{self, REFLECTION_V1};
+
+const V1ALPHA_METHOD: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
 
 /// The reflection service for both protocol versions.
 pub fn service() -> Service {
@@ -34,7 +36,7 @@ pub fn service() -> Service {
         });
     };
     // v1alpha carries the same bytes as v1: serve it with the v1 types.
-    let v1alpha_as_v1 = Method { name: REFLECTION_V1ALPHA.name, ..REFLECTION_V1 };
+    let v1alpha_as_v1 = Method { name: V1ALPHA_METHOD, ..REFLECTION_V1 };
     ServiceBuilder::new()
         .add_duplex_streaming_handler(&REFLECTION_V1, serve)
         .add_duplex_streaming_handler(&v1alpha_as_v1, serve)
@@ -49,11 +51,29 @@ fn catalogue() -> Arc<Catalogue> {
             Arc::new(Catalogue::new(&[
                 proto::coprocess_object::file_descriptor().clone(),
                 proto::health::file_descriptor().clone(),
-                proto::reflection_v1alpha::file_descriptor().clone(),
+                v1alpha_file(),
                 proto::reflection_v1::file_descriptor().clone(),
             ]))
         })
         .clone()
+}
+
+/// grpc.reflection.v1alpha's file: v1's with the package, and the types that name it, renamed.
+fn v1alpha_file() -> FileDescriptor {
+    let mut file = proto::reflection_v1::file_descriptor().proto().clone();
+    file.set_name("reflection_v1alpha.proto".into());
+    file.set_package("grpc.reflection.v1alpha".into());
+    let rename = |type_name: &mut String| {
+        *type_name = type_name.replacen(".grpc.reflection.v1.", ".grpc.reflection.v1alpha.", 1)
+    };
+    for field in file.message_type.iter_mut().flat_map(|message| &mut message.field) {
+        field.type_name.as_mut().map(rename);
+    }
+    for method in file.service.iter_mut().flat_map(|service| &mut service.method) {
+        method.input_type.as_mut().map(rename);
+        method.output_type.as_mut().map(rename);
+    }
+    FileDescriptor::new_dynamic(file, &[]).expect("v1's file, renamed, is a valid file")
 }
 
 struct Catalogue {

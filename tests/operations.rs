@@ -140,15 +140,18 @@ fn open_stream(
     client: &grpcio::Client,
 ) -> (StreamingCallSink<ServerReflectionRequest>, ClientDuplexReceiver<ServerReflectionResponse>) {
     let (mut sink, mut replies) = client.duplex_streaming(&REFLECTION_V1, call_options()).unwrap();
-    let request = ServerReflectionRequest {
-        message_request: Some(Message_request::ListServices(String::new())),
-        ..Default::default()
-    };
     futures_executor::block_on(async {
-        sink.send((request, WriteFlags::default())).await.unwrap();
+        sink.send((list_services(), WriteFlags::default())).await.unwrap();
         replies.next().await.unwrap().unwrap();
     });
     (sink, replies)
+}
+
+fn list_services() -> ServerReflectionRequest {
+    ServerReflectionRequest {
+        message_request: Some(Message_request::ListServices(String::new())),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -176,12 +179,8 @@ fn health_turns_not_serving_on_sigterm_while_a_call_drains_then_the_process_exit
 
     // The call in flight is still served while the drain waits for it.
     std::thread::sleep(Duration::from_millis(300));
-    let request = ServerReflectionRequest {
-        message_request: Some(Message_request::ListServices(String::new())),
-        ..Default::default()
-    };
     futures_executor::block_on(async {
-        in_flight.send((request, WriteFlags::default())).await.unwrap();
+        in_flight.send((list_services(), WriteFlags::default())).await.unwrap();
         assert!(replies.next().await.unwrap().is_ok(), "served during the drain");
         in_flight.close().await.unwrap();
         assert!(replies.next().await.is_none());
@@ -407,12 +406,8 @@ fn connections_older_than_the_max_age_are_closed_after_their_grace() {
     let client = lasting.client();
     let (mut sink, mut replies) = open_stream(&client);
     std::thread::sleep(Duration::from_millis(1500));
-    let request = ServerReflectionRequest {
-        message_request: Some(Message_request::ListServices(String::new())),
-        ..Default::default()
-    };
     futures_executor::block_on(async {
-        sink.send((request, WriteFlags::default())).await.unwrap();
+        sink.send((list_services(), WriteFlags::default())).await.unwrap();
         assert!(replies.next().await.unwrap().is_ok());
     });
 }
