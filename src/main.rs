@@ -70,26 +70,26 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Settings, String> {
-        let listen = setting("TYK_PLUGIN_LISTEN", "[::]:50051", "comma-separated host:port or unix:/path addresses")
-            .map(|value| value.split(',').map(|address| address.trim().to_owned()).collect::<Vec<_>>())?;
-        if let Some(bad) = listen.iter().find(|address| !is_listen_address(address)) {
-            return Err(format!("TYK_PLUGIN_LISTEN: {bad:?} is not host:port or unix:/path"));
-        }
         Ok(Settings {
-            listen,
+            listen: setting("TYK_PLUGIN_LISTEN", "[::]:50051", "host:port or unix:/path, comma-separated", |value| {
+                let addresses: Vec<String> = value.split(',').map(|address| address.trim().to_owned()).collect();
+                addresses.iter().all(|address| is_listen_address(address)).then_some(addresses)
+            })?,
             max_message_bytes: setting(
                 "TYK_PLUGIN_MAX_MESSAGE_BYTES",
                 "67108864",
                 "a whole number of bytes from 1 to 2147483647",
-            )
-            .and_then(|v| parse("TYK_PLUGIN_MAX_MESSAGE_BYTES", &v, |v| v.parse().ok().filter(|&n: &i32| n > 0)))?,
-            hmac_keys_file: std::env::var("TYK_PLUGIN_HMAC_KEYS_FILE").ok().filter(|path| !path.is_empty()),
+                |value| value.parse().ok().filter(|&bytes: &i32| bytes > 0),
+            )?,
+            hmac_keys_file: setting("TYK_PLUGIN_HMAC_KEYS_FILE", "", "a path", |path| {
+                Some((!path.is_empty()).then(|| path.to_owned()))
+            })?,
             clock_skew: seconds("TYK_PLUGIN_HMAC_CLOCK_SKEW", "300")?,
-            log_secrets: match setting("TYK_PLUGIN_LOG_SECRETS", "0", "0 or 1")?.as_str() {
-                "0" | "false" => false,
-                "1" | "true" => true,
-                other => return Err(format!("TYK_PLUGIN_LOG_SECRETS={other:?} is not 0 or 1")),
-            },
+            log_secrets: setting("TYK_PLUGIN_LOG_SECRETS", "0", "0 or 1", |value| match value {
+                "0" | "false" => Some(false),
+                "1" | "true" => Some(true),
+                _ => None,
+            })?,
             drain_delay: seconds("TYK_PLUGIN_DRAIN_DELAY", "0")?,
             shutdown_grace: seconds("TYK_PLUGIN_SHUTDOWN_GRACE", "10")?,
             max_connection_age: seconds("TYK_PLUGIN_MAX_CONNECTION_AGE", "300")?,
@@ -100,23 +100,21 @@ impl Settings {
     }
 }
 
-/// An environment variable's value, or `default` when unset or empty.
-fn setting(name: &str, default: &str, expected: &str) -> Result<String, String> {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(default.to_owned()),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8: expected {expected}")),
-    }
-}
-
-fn parse<T>(name: &str, value: &str, parser: impl Fn(&str) -> Option<T>) -> Result<T, String> {
-    parser(value).ok_or_else(|| format!("{name}={value:?} is not valid: see --help"))
+/// A setting from the environment (`default` when unset or empty), parsed; a bad value is an error
+/// that names the setting and what it should be.
+fn setting<T>(name: &str, default: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, String> {
+    let value = match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value.trim().to_owned(),
+        Ok(_) | Err(std::env::VarError::NotPresent) => default.to_owned(),
+        Err(std::env::VarError::NotUnicode(_)) => return Err(format!("{name} is not UTF-8")),
+    };
+    parse(&value).ok_or_else(|| format!("{name}={value:?} is not {expected}"))
 }
 
 fn seconds(name: &str, default: &str) -> Result<Duration, String> {
-    let value = setting(name, default, "a number of seconds")?;
-    parse(name, &value, |v| v.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok()))
-        .map_err(|_| format!("{name}={value:?} is not a number of seconds (0 or more)"))
+    setting(name, default, "a number of seconds (0 or more)", |value| {
+        value.parse::<f64>().ok().and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+    })
 }
 
 fn is_listen_address(address: &str) -> bool {
@@ -365,7 +363,7 @@ impl CallCounts {
 
 /// `--health-check`: the gRPC health of the server at the first TYK_PLUGIN_LISTEN address.
 fn health_check() -> i32 {
-    let address = setting("TYK_PLUGIN_LISTEN", "[::]:50051", "").unwrap_or_default();
+    let address = setting("TYK_PLUGIN_LISTEN", "[::]:50051", "", |value| Some(value.to_owned())).unwrap_or_default();
     let first = address.split(',').next().unwrap_or_default().trim();
     let target = match first.rsplit_once(':') {
         Some(("[::]" | "0.0.0.0", port)) => format!("127.0.0.1:{port}"),
@@ -387,8 +385,8 @@ fn health_check() -> i32 {
     }
 }
 
-/// The coprocess.Dispatcher handlers. grpcio calls them on its completion-queue threads; each
-/// call is answered before the handler returns, so there is no async code here.
+/// The coprocess.Dispatcher handlers. grpcio calls them on its completion-queue threads and each
+/// one sends its reply before returning: plain blocking code, no async runtime.
 #[derive(Clone)]
 struct Dispatcher {
     keys: Arc<RwLock<Arc<Keys>>>,
