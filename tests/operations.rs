@@ -182,8 +182,9 @@ fn health_turns_not_serving_on_sigterm_while_a_call_drains_then_the_process_exit
     futures_executor::block_on(async {
         in_flight.send((list_services(), WriteFlags::default())).await.unwrap();
         assert!(replies.next().await.unwrap().is_ok(), "served during the drain");
-        in_flight.close().await.unwrap();
-        assert!(replies.next().await.is_none());
+        // Once it has answered, the draining server may end the stream before the client does.
+        let _ = in_flight.close().await;
+        assert!(replies.next().await.is_none(), "the stream ended without an error");
     });
     let status = plugin.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", plugin.log());
