@@ -63,15 +63,13 @@ fn v1alpha_file() -> FileDescriptor {
     let mut file = proto::reflection_v1::file_descriptor().proto().clone();
     file.set_name("reflection_v1alpha.proto".into());
     file.set_package("grpc.reflection.v1alpha".into());
-    let rename = |type_name: &mut String| {
-        *type_name = type_name.replacen(".grpc.reflection.v1.", ".grpc.reflection.v1alpha.", 1)
-    };
-    for field in file.message_type.iter_mut().flat_map(|message| &mut message.field) {
-        field.type_name.as_mut().map(rename);
-    }
-    for method in file.service.iter_mut().flat_map(|service| &mut service.method) {
-        method.input_type.as_mut().map(rename);
-        method.output_type.as_mut().map(rename);
+    let fields = file.message_type.iter_mut().flat_map(|message| &mut message.field);
+    let methods = file.service.iter_mut().flat_map(|service| &mut service.method);
+    let type_names = fields
+        .filter_map(|field| field.type_name.as_mut())
+        .chain(methods.flat_map(|method| [method.input_type.as_mut(), method.output_type.as_mut()]).flatten());
+    for type_name in type_names {
+        *type_name = type_name.replacen(".grpc.reflection.v1.", ".grpc.reflection.v1alpha.", 1);
     }
     FileDescriptor::new_dynamic(file, &[]).expect("v1's file, renamed, is a valid file")
 }
