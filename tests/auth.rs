@@ -50,6 +50,8 @@ fn assert_refused(reply: &Object, status: i32) {
 #[test]
 fn the_demo_key_is_accepted_with_every_algorithm_encoded_or_plain() {
     let plugin = Plugin::start(&[]);
+    let warning = plugin.log().lines().find(|line| line.contains("demo's public HMAC key")).map(str::to_owned);
+    assert!(warning.is_some_and(|line| line.contains("WARN")), "a start-up warning says the demo key is in use");
     let client = plugin.client();
     for (name, algorithm) in ALGORITHMS {
         let date = now();
@@ -135,6 +137,23 @@ fn each_malformed_request_is_a_400_and_each_failed_check_a_401() {
         let signature = sign(hmac::HMAC_SHA256, DEMO_SECRET, &format!("date: {stale}"));
         refused(&[("Date", &stale), ("Authorization", &authorization(DEMO_KEY_ID, "hmac-sha256", &signature))], 401);
     }
+
+    // Each refusal's reason is in the log at INFO, and no signature or secret is.
+    let mut plugin = plugin;
+    for reason in [
+        "refused 400: no Authorization header",
+        "refused 400: the date is not an HTTP date",
+        "refused 400: unsupported algorithm",
+        "refused 401: unknown keyId",
+        "refused 401: the signature does not match",
+        "refused 401: the signature is not base64",
+        "refused 401: the date is outside the allowed clock skew",
+    ] {
+        let line = plugin.wait_for_line(reason, Duration::from_secs(10));
+        assert!(line.contains(" INFO ") && line.contains("name=\"CustomHMACCheck\""), "{line}");
+    }
+    let log = plugin.log();
+    assert!(!log.contains(&good) && !log.contains(DEMO_SECRET), "no signature or secret in the log");
 }
 
 #[test]

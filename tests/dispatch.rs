@@ -19,7 +19,12 @@ fn status_code(result: grpcio::Result<impl Sized>) -> RpcStatusCode {
 
 #[test]
 fn the_gateways_payload_comes_back_equal_field_for_field() {
-    let plugin = Plugin::start(&[]);
+    let mut plugin = Plugin::start(&[]);
+    let started = plugin.wait_for_line(" listening on ", Duration::from_secs(1));
+    let version =
+        format!("tyk-grpc-plugin {} listening on {}; 1 HMAC key(s);", env!("CARGO_PKG_VERSION"), plugin.address);
+    assert!(started.contains(&version) && started.contains("messages up to 67108864 bytes"), "{started}");
+    assert!(started.contains("shutdown grace 10s") && started.contains("connection age 300s"), "{started}");
     let sent = gateway_response_object();
     assert_eq!(sent.hook_type, HookType::Response.into());
     assert_eq!(dispatch(&plugin.client(), &sent).unwrap(), sent);
