@@ -3,10 +3,12 @@
 //! The gateway calls `coprocess.Dispatcher/Dispatch` once per configured plugin per API request,
 //! and `DispatchEvent` for events. This file is the whole service, top to bottom: the settings,
 //! the wiring (gRPC server, health, reflection, signals, graceful drain), then the handlers. The
-//! handler is where your own hook logic goes. HMAC authentication lives in auth.rs.
+//! handler is where your own hook logic goes. HMAC authentication lives in auth.rs, the log
+//! lines' JSON printer in json.rs.
 
 mod auth;
 mod health;
+mod json;
 mod proto;
 mod reflection;
 
@@ -24,6 +26,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use auth::Keys;
 use health::Health;
+use json::Json;
 use proto::{Event, EventReply, HookType, Object};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -447,10 +450,7 @@ impl Dispatcher {
         if !self.log_secrets {
             redact(&mut received);
         }
-        match protobuf_json_mapping::print_to_string(&received) {
-            Ok(json) => info!("{label} {json}"),
-            Err(error) => warn!("{label} (the object is not printable as JSON: {error})"),
-        }
+        info!("{label} {}", Json(&received));
         if let Some(note) = note {
             info!("{label} {note}");
         }
