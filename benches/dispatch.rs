@@ -6,6 +6,8 @@
 //! TYK_BENCH_PEER_PID) the Response-payload scenarios also run against another server, e.g. the
 //! Python original, in the same run. TYK_BENCH_SECONDS sets each scenario's length (default 5).
 //! `--write-frame PATH` writes the Response payload as a gRPC frame for h2load (benches/h2load.sh).
+//! Under `cargo test` (no `--bench` argument) every scenario runs for a tenth of a second against
+//! the debug build: a check that the harness works, whose figures mean nothing.
 //! See docs/benchmarks.md.
 
 #[path = "../tests/common/mod.rs"]
@@ -28,7 +30,12 @@ fn main() {
     if let Some(path) = args.iter().position(|arg| arg == "--write-frame").and_then(|at| args.get(at + 1)) {
         return write_frame(path);
     }
-    let seconds: f64 = std::env::var("TYK_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let measuring = args.iter().any(|arg| arg == "--bench");
+    let seconds: f64 = std::env::var("TYK_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(if measuring {
+        5.0
+    } else {
+        0.1
+    });
     let length = Duration::from_secs_f64(seconds);
     let response = common::gateway_response_object();
     let key_check = common::signed_key_check(common::DEMO_KEY_ID, common::DEMO_SECRET);
