@@ -9,17 +9,18 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake g++ make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, against a placeholder main: this layer, with gRPC's C core, is rebuilt only
-# when the manifest, the lock file, build.rs or proto/ change, not for a source change.
+# Dependencies first, against placeholder sources: this layer, with gRPC's C core, is rebuilt only
+# when the manifest, the lock file, build.rs or proto/ change, not for a source change. Cargo wants
+# every target the manifest declares to exist; the benchmark is never built here, so an empty file
+# stands for it.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
-COPY benches benches
-RUN mkdir src && echo 'fn main() {}' > src/main.rs \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs benches/dispatch.rs \
     && cargo build --release --locked \
     && rm -r src
 COPY src src
-# The same build command as CI's (.ci/run); touch, so cargo does not take the placeholder for new.
-RUN touch src/main.rs && cargo build --release --locked
+# The same build command as CI's (.ci/run); touch, so cargo does not take the placeholders for new.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin plugin
@@ -30,6 +31,7 @@ USER 10001
 # hadolint ignore=DL3064
 ENV TYK_PLUGIN_LISTEN="[::]:50051" \
     TYK_PLUGIN_MAX_MESSAGE_BYTES=67108864 \
+    TYK_PLUGIN_WORKERS=64 \
     TYK_PLUGIN_HMAC_KEYS_FILE="" \
     TYK_PLUGIN_HMAC_CLOCK_SKEW=300 \
     TYK_PLUGIN_LOG_SECRETS=0 \

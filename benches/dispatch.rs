@@ -5,27 +5,38 @@
 //! show what grpcio itself allows on the machine. With TYK_BENCH_PEER=host:port (and optionally
 //! TYK_BENCH_PEER_PID) the Response-payload scenarios also run against another server, e.g. the
 //! Python original, in the same run. TYK_BENCH_SECONDS sets each scenario's length (default 5).
-//! `--write-frame PATH` writes the Response payload as a gRPC frame for h2load (benches/h2load.sh).
+//! `--write-frame PATH` writes the Response payload as a gRPC frame for h2load (benches/h2load.sh);
+//! `--sleeping-plugin MS` serves the plugin with a hook that sleeps MS milliseconds a call.
 //! Under `cargo test` (no `--bench` argument) every scenario runs for a tenth of a second against
 //! the debug build: a check that the harness works, whose figures mean nothing.
 //! See docs/benchmarks.md.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{proto, HookType, Object};
+use base64::Engine as _;
 use grpcio::{CallOption, ChannelBuilder, Client, Environment, ServerBuilder, ServerCredentials, ServiceBuilder};
+use tyk_grpc_plugin::auth::{DEMO_KEY_ID, DEMO_SECRET};
+use tyk_grpc_plugin::proto::{self, HookType, Object};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|arg| arg == "--echo-server") {
         return echo_server();
+    }
+    if let Some(millis) = args.iter().position(|arg| arg == "--sleeping-plugin").and_then(|at| args.get(at + 1)) {
+        // The plugin with a hook that waits like a slow lookup: the server's settings as usual.
+        let wait = Duration::from_millis(millis.parse().expect("--sleeping-plugin MILLISECONDS"));
+        tyk_grpc_plugin::run(
+            move |object, _| {
+                std::thread::sleep(wait);
+                object
+            },
+            |_| {},
+        );
     }
     if let Some(path) = args.iter().position(|arg| arg == "--write-frame").and_then(|at| args.get(at + 1)) {
         return write_frame(path);
@@ -37,8 +48,8 @@ fn main() {
         0.1
     });
     let length = Duration::from_secs_f64(seconds);
-    let response = common::gateway_response_object();
-    let key_check = common::signed_key_check(common::DEMO_KEY_ID, common::DEMO_SECRET);
+    let response = gateway_response_object();
+    let key_check = demo_signed_key_check();
     let mut one_mib = response.clone();
     one_mib.hook_type = HookType::Pre.into();
     one_mib.request.mut_or_insert_default().raw_body = vec![b'x'; 1 << 20];
@@ -153,8 +164,7 @@ struct Server {
 }
 
 enum Process {
-    Plugin(#[allow(dead_code)] common::Plugin), // stopped by its own Drop
-    Echo(Child),
+    Child(Child),
     External,
 }
 
@@ -163,13 +173,17 @@ impl Server {
     fn plugin(level: &str, log_dir: &std::path::Path) -> Server {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let log_file = log_dir.join(format!("plugin-{level}-{}.log", STARTED.fetch_add(1, Ordering::Relaxed)));
-        let plugin = common::Plugin::start_logging_to(&[("RUST_LOG", level)], &log_file);
-        Server {
-            name: "tyk-grpc-plugin",
-            address: plugin.address.clone(),
-            pid: Some(plugin.pid() as u32),
-            process: Process::Plugin(plugin),
-        }
+        let address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_tyk-grpc-plugin"))
+            .env("RUST_LOG", level)
+            .env("TYK_PLUGIN_LISTEN", &address)
+            .stderr(std::fs::File::create(log_file).unwrap())
+            .spawn()
+            .unwrap();
+        let health = proto::HealthCheckRequest::new();
+        let started = client(&address).unary_call(&proto::HEALTH_CHECK, &health, options());
+        assert_eq!(started.expect("the server starts").status, proto::ServingStatus::SERVING.into());
+        Server { name: "tyk-grpc-plugin", address, pid: Some(child.id()), process: Process::Child(child) }
     }
 
     /// This binary as a bare grpcio server whose handler only echoes.
@@ -183,7 +197,7 @@ impl Server {
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
         let address = line.trim().strip_prefix("listening on ").expect("the echo server starts").to_owned();
-        Server { name: "no-op echo", address, pid: Some(child.id()), process: Process::Echo(child) }
+        Server { name: "no-op echo", address, pid: Some(child.id()), process: Process::Child(child) }
     }
 
     fn external(address: &str, pid: Option<u32>) -> Server {
@@ -193,7 +207,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Process::Echo(child) = &mut self.process {
+        if let Process::Child(child) = &mut self.process {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -226,11 +240,36 @@ fn echo_server() {
 /// The gateway's Response payload as one gRPC frame (uncompressed flag, length, message), the body
 /// h2load sends (benches/h2load.sh).
 fn write_frame(path: &str) {
-    let message = protobuf::Message::write_to_bytes(&common::gateway_response_object()).unwrap();
+    let message = protobuf::Message::write_to_bytes(&gateway_response_object()).unwrap();
     let mut frame = vec![0];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
     std::fs::write(path, frame).unwrap();
+}
+
+/// The gateway's own Response-hook object (tests/fixtures/response_example.json).
+fn gateway_response_object() -> Object {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/response_example.json");
+    protobuf_json_mapping::parse_from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A CustomKeyCheck signed now with the demo key, as hmac.sh signs: hmac-sha512 over the date.
+fn demo_signed_key_check() -> Object {
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA512, DEMO_SECRET.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("date: {date}").as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
+    let mut object = Object::new();
+    object.hook_type = HookType::CustomKeyCheck.into();
+    let headers = &mut object.request.mut_or_insert_default().headers;
+    headers.insert("Date".into(), date);
+    let authorization = format!("keyId=\"{DEMO_KEY_ID}\",algorithm=\"hmac-sha512\",signature=\"{signature}\"");
+    headers.insert("Authorization".into(), authorization);
+    object
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn cores() -> usize {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -18,6 +19,7 @@ use crate::proto::coprocess_mini_request_object::MiniRequestObject;
 use crate::proto::coprocess_session_state::SessionState;
 use crate::proto::tyk_grpc_plugin::HmacKeysFile;
 use crate::proto::Object;
+use crate::Call;
 
 /// The tyk-demo's key (gateway-contract.md): used when no keys file is configured.
 pub const DEMO_KEY_ID: &str =
@@ -85,7 +87,7 @@ impl Keys {
         Ok(Keys(keys))
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.len()
     }
 }
@@ -106,9 +108,59 @@ fn unauthorised(reason: &'static str) -> Refusal {
     Refusal { status: 401, reason }
 }
 
+/// The HMAC keys (from the keys file, or the demo key) and the replay window. SIGHUP reloads.
+pub struct Hmac {
+    keys: RwLock<Arc<Keys>>,
+    keys_file: Option<String>,
+    clock_skew: Duration,
+}
+
+impl Hmac {
+    /// Reads the keys file; an error names the setting and the problem, never a secret.
+    pub fn new(keys_file: Option<String>, clock_skew: Duration) -> Result<Hmac, String> {
+        let keys = match &keys_file {
+            Some(path) => Keys::load(path.as_ref()).map_err(|e| format!("TYK_PLUGIN_HMAC_KEYS_FILE={path}: {e}"))?,
+            None => Keys::demo(),
+        };
+        Ok(Hmac { keys: RwLock::new(Arc::new(keys)), keys_file, clock_skew })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys().len()
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// SIGHUP: a good file replaces the keys in one step (a call uses the old set or the new,
+    /// never a mix); a bad one leaves them as they were.
+    pub fn reload(&self) {
+        let Some(path) = &self.keys_file else {
+            return log::warn!("SIGHUP: no TYK_PLUGIN_HMAC_KEYS_FILE to reload; keeping the demo key");
+        };
+        match Keys::load(path.as_ref()) {
+            Ok(keys) => {
+                log::info!("SIGHUP: reloaded {path}: {} HMAC key(s)", keys.len());
+                *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
+            }
+            Err(error) => log::warn!("SIGHUP: keeping the current keys: {path}: {error}"),
+        }
+    }
+}
+
 /// Decides a CustomKeyCheck call and writes the decision into the reply as the gateway reads it:
 /// on success a session and metadata["token"]; on refusal a response code and error, and neither.
-pub fn authenticate<'k>(object: &mut Object, keys: &'k Keys, clock_skew: Duration) -> Result<&'k Key, Refusal> {
+/// The decision goes to the call's log.
+pub fn authenticate(object: &mut Object, call: &mut Call) {
+    let keys = call.hmac.keys();
+    match decide(object, &keys, call.hmac.clock_skew) {
+        Ok(key) => call.log(format_args!("authorised keyId={:?}", crate::logging::shorten(&key.id))),
+        Err(refusal) => call.log(format_args!("refused {}: {}", refusal.status, refusal.reason)),
+    }
+}
+
+fn decide<'k>(object: &mut Object, keys: &'k Keys, clock_skew: Duration) -> Result<&'k Key, Refusal> {
     let decision = verify(&object.request, keys, SystemTime::now(), clock_skew);
     match &decision {
         Ok(key) => {
@@ -438,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn authenticate_writes_the_decision_into_the_reply() {
+    fn the_decision_is_written_into_the_reply() {
         let keys = Keys::parse(r#"{"keys": [{"keyId": "k1", "secret": "s1", "policies": ["p1", "p2"]}]}"#).unwrap();
         let mut object = Object::new();
         let signature = sign(hmac::HMAC_SHA256, "s1", &format!("date: {}", httpdate::fmt_http_date(SystemTime::now())));
@@ -451,17 +503,14 @@ mod tests {
             "Authorization".into(),
             format!("keyId=\"k1\",algorithm=\"hmac-sha256\",signature=\"{signature}\""),
         );
-        assert!(authenticate(&mut object, &keys, Duration::from_secs(300)).is_ok());
+        assert!(decide(&mut object, &keys, Duration::from_secs(300)).is_ok());
         assert_eq!(object.metadata["token"], "k1");
         assert!(object.session.hmac_enabled);
         assert_eq!(object.session.hmac_secret, "s1");
         assert_eq!(object.session.apply_policies, ["p1", "p2"]);
 
         object.request.mut_or_insert_default().headers.insert("Date".into(), "Sun, 06 Nov 1994 08:49:37 GMT".into());
-        assert_eq!(
-            authenticate(&mut object, &keys, Duration::from_secs(300)).map(|_| ()).map_err(|r| r.status),
-            Err(401)
-        );
+        assert_eq!(decide(&mut object, &keys, Duration::from_secs(300)).map(|_| ()).map_err(|r| r.status), Err(401));
         assert!(object.session.is_none() && !object.metadata.contains_key("token"));
         assert_eq!(object.request.return_overrides.response_code, 401);
         assert_eq!(object.request.return_overrides.headers["WWW-Authenticate"], "Signature headers=\"date\"");

@@ -37,7 +37,7 @@ impl Health {
                     )),
                     status => sink.success(response(status)),
                 };
-                crate::finish(&ctx, sent);
+                crate::server::finish(&ctx, sent);
             })
             .add_server_streaming_handler(&HEALTH_WATCH, move |ctx, request, mut sink| {
                 let health = watched.clone();

@@ -1,7 +1,7 @@
 //! The protobuf types generated from proto/ by build.rs, and the gRPC methods of
-//! coprocess.Dispatcher, health checking and server reflection. grpcio's own code generator needs protoc, and all
-//! it would add is these constants, so they are declared here by hand. The integration tests and
-//! the benchmark include this file too, so server and clients share one definition.
+//! coprocess.Dispatcher, health checking and server reflection. grpcio's own code generator needs
+//! protoc, and all it would add is these constants, so they are declared here by hand. Clients (the
+//! tests, the benchmark) use them too, so both sides share one definition.
 
 include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 

@@ -318,10 +318,10 @@ fn run_hmac_sh(algorithm: &str, status: u16) -> (std::process::ExitStatus, Vec<(
 }
 
 #[test]
+#[ignore = "needs openssl and curl"]
 fn hmac_sh_signs_what_the_server_accepts() {
-    if tool("openssl").is_none() || tool("curl").is_none() {
-        return;
-    }
+    tool("openssl");
+    tool("curl");
     let plugin = Plugin::start(&[]);
     let client = plugin.client();
     for algorithm in ["hmac-sha512", "hmac-sha256", "hmac-sha384", "hmac-sha1"] {

@@ -20,17 +20,15 @@ use protobuf::descriptor::FileDescriptorProto;
 use protobuf::Message as _;
 
 fn grpcurl(args: &[&str]) -> String {
-    let grpcurl = tool("grpcurl").unwrap();
+    let grpcurl = tool("grpcurl");
     let output = Command::new(grpcurl).arg("-plaintext").args(args).output().unwrap();
     assert!(output.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]
+#[ignore = "needs grpcurl"]
 fn grpcurl_lists_describes_and_calls_through_reflection_alone() {
-    if tool("grpcurl").is_none() {
-        return;
-    }
     let socket = temp_dir("reflection").join("plugin.sock").display().to_string();
     let listen = format!("127.0.0.1:0,unix:{socket}");
     let plugin = Plugin::start(&[("TYK_PLUGIN_LISTEN", &listen)]);
@@ -131,7 +129,7 @@ fn reflection_v1_answers_files_symbols_with_their_imports_and_not_found() {
         Message_request::AllExtensionNumbersOfType("coprocess.Nope".into()),
     ] {
         let Message_response::ErrorResponse(error) = reflect(&client, missing) else { panic!("not an error") };
-        assert_eq!(error.error_code, RpcStatusCode::NOT_FOUND.into());
+        assert_eq!(error.error_code, i32::from(RpcStatusCode::NOT_FOUND));
     }
 }
 

@@ -9,15 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-
-mod proto {
-    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
-    pub use coprocess_object::Object;
-}
-
-#[path = "../../src/auth.rs"]
-#[allow(dead_code)]
-mod auth;
+use tyk_grpc_plugin::{auth, proto};
 
 fuzz_target!(|data: &[u8]| {
     static KEYS: OnceLock<auth::Keys> = OnceLock::new();

@@ -5,14 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
-
-mod proto {
-    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
-    pub use coprocess_object::Object;
-}
-
-#[path = "../../src/json.rs"]
-mod json;
+use tyk_grpc_plugin::{json, proto};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(object) = proto::Object::parse_from_bytes(data) {

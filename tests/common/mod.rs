@@ -2,10 +2,6 @@
 //! port, its log lines, gRPC clients, fixtures and external tools.
 #![allow(dead_code)] // each test crate uses its own part of this file
 
-#[path = "../../src/proto.rs"]
-#[allow(unused_imports)]
-pub mod proto;
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,9 +12,15 @@ use grpcio::{
     CallOption, ChannelBuilder, Client, Environment, GrpcSlice, Marshaller, MessageReader, Method, MethodType,
 };
 
-pub use proto::{Event, EventReply, HookType, Object};
+pub use tyk_grpc_plugin::proto::{self, Event, EventReply, HookType, Object};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_tyk-grpc-plugin");
+
+/// An example plugin's binary (examples/NAME.rs), which `cargo test` builds beside the tests.
+pub fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_owned();
+    deps.parent().unwrap().join("examples").join(name)
+}
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running tyk-grpc-plugin, killed when dropped.
@@ -41,15 +43,20 @@ impl Plugin {
     /// Starts the server with these settings (and nothing else from the test's environment),
     /// listening on a free loopback port unless TYK_PLUGIN_LISTEN is given.
     pub fn start(settings: &[(&str, &str)]) -> Plugin {
-        Plugin::launch(settings, None)
+        Plugin::launch(Path::new(BINARY), settings, None)
     }
 
     /// Starts the server logging to a file, as in a container; its log lines are not read.
     pub fn start_logging_to(settings: &[(&str, &str)], log_file: &Path) -> Plugin {
-        Plugin::launch(settings, Some(log_file))
+        Plugin::launch(Path::new(BINARY), settings, Some(log_file))
     }
 
-    fn launch(settings: &[(&str, &str)], log_file: Option<&Path>) -> Plugin {
+    /// Starts another plugin binary built on the library, such as an example.
+    pub fn start_binary(binary: &Path, settings: &[(&str, &str)]) -> Plugin {
+        Plugin::launch(binary, settings, None)
+    }
+
+    fn launch(binary: &Path, settings: &[(&str, &str)], log_file: Option<&Path>) -> Plugin {
         let logs_start = settings.iter().all(|(name, value)| *name != "RUST_LOG" || value.contains("info"));
         let reads_start_line = logs_start && log_file.is_none();
         let given = settings.iter().find(|(name, _)| *name == "TYK_PLUGIN_LISTEN").map(|(_, value)| value.to_string());
@@ -58,7 +65,7 @@ impl Plugin {
             true => "127.0.0.1:0".into(),
             false => format!("127.0.0.1:{}", free_port()),
         });
-        let mut command = plugin_command(settings);
+        let mut command = binary_command(binary, settings);
         command.env("TYK_PLUGIN_LISTEN", &listen);
         let stderr = match log_file {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
@@ -160,7 +167,11 @@ pub fn free_port() -> u16 {
 
 /// The server binary with exactly these settings in its environment (plus PATH).
 pub fn plugin_command(settings: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BINARY);
+    binary_command(Path::new(BINARY), settings)
+}
+
+fn binary_command(binary: &Path, settings: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary);
     command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).env("RUST_LOG", "info");
     command.envs(settings.iter().copied());
     command
@@ -241,9 +252,8 @@ pub fn object_with_hook(hook: HookType) -> Object {
     object
 }
 
-pub const DEMO_KEY_ID: &str =
-    "eyJvcmciOiI1ZTlkOTU0NGExZGNkNjAwMDFkMGVkMjAiLCJpZCI6ImdycGNfaG1hY19rZXkiLCJoIjoibXVybXVyNjQifQ==";
-pub const DEMO_SECRET: &str = "c2VjcmV0";
+pub const DEMO_KEY_ID: &str = tyk_grpc_plugin::auth::DEMO_KEY_ID;
+pub const DEMO_SECRET: &str = tyk_grpc_plugin::auth::DEMO_SECRET;
 
 pub fn now() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
@@ -288,18 +298,16 @@ pub fn signed_key_check(key_id: &str, secret: &str) -> Object {
     key_check(&[("Date", &date), ("Authorization", &authorization(key_id, "hmac-sha512", &signature))])
 }
 
-/// An external program the tests need: on PATH or in the repository's .tools/bin (where
-/// .ci/run installs the Python-packaged ones). Missing: a failure under CI=true, else a skip.
-pub fn tool(name: &str) -> Option<PathBuf> {
+/// An external program a test needs: on PATH or in the repository's .tools/bin (where .ci/run
+/// installs the Python-packaged ones). Tests that need one are `#[ignore = "needs …"]`, so plain
+/// `cargo test` lists them as ignored; `cargo test -- --include-ignored` runs them, and then a
+/// missing tool is a failure.
+pub fn tool(name: &str) -> PathBuf {
     let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found =
         std::iter::once(local).chain(std::env::split_paths(&path)).map(|dir| dir.join(name)).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{name} is not installed: .ci/run must install it");
-        eprintln!("SKIPPED: {name} is not installed (see README, Development)");
-    }
-    found
+    found.unwrap_or_else(|| panic!("{name} is not installed: see the README's Run it and test it"))
 }
 
 /// A fresh directory under the system's temporary directory.

@@ -1,0 +1,141 @@
+//! The log: one line per event on standard error, each call's lines labelled with its hook, plugin
+//! name, API and W3C trace id, and secrets redacted before anything is printed.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use crate::proto::Object;
+
+/// Starts the logger with a `RUST_LOG`-style filter. gRPC core's own lines go through it too.
+pub fn init(filter: &str) {
+    // One line per record, in env_logger's usual layout, written as it is: no colour codes to strip
+    // and no multi-line indenting to scan for, which the default writer does byte by byte.
+    env_logger::Builder::new()
+        .parse_filters(filter)
+        .format(|out, record| {
+            writeln!(out, "[{} {:<5} {}] {}", out.timestamp(), record.level(), record.target(), record.args())
+        })
+        .init();
+    // redirect_log takes core's verbosity from the log level, and core is worth hearing at
+    // error level only.
+    let level = log::max_level();
+    log::set_max_level(level.min(log::LevelFilter::Warn));
+    grpcio::redirect_log();
+    log::set_max_level(level);
+}
+
+/// `hook=Pre name="MyPreHook" api="<APIID>" trace=<W3C trace id or ->`: what joins a log line to
+/// the API definition and to the gateway's trace.
+pub fn call_label(object: &Object, trace: Option<&str>) -> String {
+    let mut label = String::from("hook=");
+    let _ = match object.hook_type.enum_value() {
+        Ok(hook) => write!(label, "{hook:?}"),
+        Err(number) => write!(label, "{number}"),
+    };
+    let api = object.spec.get("APIID").map_or("", String::as_str);
+    let _ =
+        write!(label, " name={:?} api={:?} trace={}", shorten(&object.hook_name), shorten(api), trace.unwrap_or("-"));
+    label
+}
+
+/// The trace id of a W3C traceparent, `version-traceid-parentid-flags`.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let id = std::str::from_utf8(traceparent).ok()?.split('-').nth(1)?;
+    let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0');
+    valid.then_some(id)
+}
+
+/// At most 200 characters of a client-supplied string, for a log line.
+pub fn shorten(text: &str) -> &str {
+    text.char_indices().nth(200).map_or(text, |(end, _)| &text[..end])
+}
+
+const REDACTED: &str = "[redacted]";
+const SECRET_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+
+/// Replaces the object's secrets with "[redacted]": credential headers and the session's secrets.
+pub fn redact(object: &mut Object) {
+    let hide = |value: &mut String| {
+        if !value.is_empty() {
+            *value = REDACTED.into();
+        }
+    };
+    if let Some(request) = object.request.as_mut() {
+        for (name, value) in request.headers.iter_mut() {
+            if SECRET_HEADERS.iter().any(|secret| name.eq_ignore_ascii_case(secret)) {
+                hide(value);
+            }
+        }
+    }
+    if let Some(session) = object.session.as_mut() {
+        hide(&mut session.hmac_secret);
+        if let Some(basic_auth) = session.basic_auth_data.as_mut() {
+            hide(&mut basic_auth.password);
+        }
+        if let Some(jwt) = session.jwt_data.as_mut() {
+            hide(&mut jwt.secret);
+        }
+        session.oauth_keys.values_mut().for_each(hide);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::HookType;
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(format!("00-{id}-00f067aa0ba902b7-01").as_bytes()), Some(id));
+        for bad in [
+            "".to_owned(),
+            "00".into(),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{}-00f067aa0ba902b7-01", &id[1..]),
+            format!("00-{}x-00f067aa0ba902b7-01", &id[1..]),
+        ] {
+            assert_eq!(trace_id(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(trace_id(b"\xff-\xff"), None);
+    }
+
+    #[test]
+    fn labels_name_the_hook_plugin_api_and_trace_in_bounded_length() {
+        let mut object = Object::new();
+        object.hook_type = HookType::Pre.into();
+        object.hook_name = "My\"Hook".into();
+        object.spec.insert("APIID".into(), "a".repeat(1000));
+        let label = call_label(&object, Some("abc"));
+        assert_eq!(label, format!("hook=Pre name=\"My\\\"Hook\" api=\"{}\" trace=abc", "a".repeat(200)));
+        object.hook_type = protobuf::EnumOrUnknown::from_i32(42);
+        assert!(
+            call_label(&object, None).starts_with("hook=42 name=") && call_label(&object, None).ends_with("trace=-")
+        );
+        assert_eq!(shorten("é".repeat(300).as_str()).chars().count(), 200);
+    }
+
+    #[test]
+    fn redaction_hides_credentials_and_session_secrets_only() {
+        let mut object = Object::new();
+        let request = object.request.mut_or_insert_default();
+        for (name, value) in [("Authorization", "sig"), ("cookie", "c"), ("X-Api-Key", "k"), ("Host", "h")] {
+            request.headers.insert(name.into(), value.into());
+        }
+        request.headers.insert("Proxy-Authorization".into(), String::new());
+        let session = object.session.mut_or_insert_default();
+        session.hmac_secret = "s".into();
+        session.basic_auth_data.mut_or_insert_default().password = "p".into();
+        session.jwt_data.mut_or_insert_default().secret = "j".into();
+        session.oauth_keys.insert("client".into(), "o".into());
+        session.alias = "alias".into();
+        redact(&mut object);
+        let headers = &object.request.headers;
+        assert_eq!((headers["Authorization"].as_str(), headers["cookie"].as_str()), (REDACTED, REDACTED));
+        assert_eq!((headers["X-Api-Key"].as_str(), headers["Host"].as_str()), (REDACTED, "h"));
+        assert_eq!(headers["Proxy-Authorization"], "", "an empty value stays empty");
+        let session = &object.session;
+        assert_eq!([&session.hmac_secret, &session.basic_auth_data.password, &session.jwt_data.secret], [REDACTED; 3]);
+        assert_eq!((session.oauth_keys["client"].as_str(), session.alias.as_str()), (REDACTED, "alias"));
+    }
+}

@@ -1,0 +1,375 @@
+//! Serving: the gRPC server with coprocess.Dispatcher, health and reflection; the hand-off of each
+//! call to a worker thread; its log lines; signals, key reload and the graceful drain.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use grpcio::{
+    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
+    ServiceBuilder, UnarySink, UnarySinkResult,
+};
+use log::{info, log_enabled, warn, Level};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::auth::Hmac;
+use crate::health::Health;
+use crate::json::Json;
+use crate::logging;
+use crate::pool::Pool;
+use crate::proto::{self, Event, EventReply, Object};
+use crate::settings::{self, Settings};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a hook has beside the object: the call's trace id, the HMAC keys, and the call's log.
+pub struct Call {
+    trace_id: Option<String>,
+    pub(crate) hmac: Arc<Hmac>,
+    notes: Vec<String>,
+}
+
+impl Call {
+    /// The W3C trace id of the gateway's `traceparent`, when the gateway runs with OpenTelemetry.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// Adds a line to this call's log: written at INFO after the reply, labelled like the call's
+    /// object line. Nothing is formatted when INFO is off.
+    pub fn log(&mut self, line: fmt::Arguments) {
+        if log_enabled!(Level::Info) {
+            self.notes.push(line.to_string());
+        }
+    }
+}
+
+/// Runs the plugin server with these hooks until a signal ends it, then exits the process:
+/// `dispatch` turns each Dispatch call's object into the reply, `dispatch_event` sees each event.
+/// Both run on worker threads (TYK_PLUGIN_WORKERS), so they may block on I/O.
+pub fn run<D, E>(dispatch: D, dispatch_event: E) -> !
+where
+    D: Fn(Object, &mut Call) -> Object + Send + Sync + 'static,
+    E: Fn(Event) + Send + Sync + 'static,
+{
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--help" | "-h") => {
+            print!("{}", settings::help());
+            std::process::exit(0)
+        }
+        Some("--version" | "-V") => {
+            println!("tyk-grpc-plugin {VERSION}");
+            std::process::exit(0)
+        }
+        Some("--health-check") => std::process::exit(health_check()),
+        Some(other) => {
+            eprintln!("tyk-grpc-plugin: unknown argument {other:?}; see --help");
+            std::process::exit(2)
+        }
+    }
+    let code = Settings::from_env().and_then(|settings| serve(settings, Hooks { dispatch, dispatch_event }));
+    std::process::exit(code.unwrap_or_else(|error| {
+        eprintln!("tyk-grpc-plugin: {error}");
+        1
+    }))
+}
+
+struct Hooks<D, E> {
+    dispatch: D,
+    dispatch_event: E,
+}
+
+/// Everything a call needs on its worker.
+struct Shared<D, E> {
+    hooks: Hooks<D, E>,
+    hmac: Arc<Hmac>,
+    pool: Arc<Pool>,
+    log_secrets: bool,
+}
+
+enum Notice {
+    Signal(i32),
+    Drained,
+}
+
+/// Serves until a signal ends it; returns the exit code.
+fn serve<D, E>(settings: Settings, hooks: Hooks<D, E>) -> Result<i32, String>
+where
+    D: Fn(Object, &mut Call) -> Object + Send + Sync + 'static,
+    E: Fn(Event) + Send + Sync + 'static,
+{
+    logging::init(&settings.log_filter);
+    let hmac = Arc::new(Hmac::new(settings.hmac_keys_file.clone(), settings.clock_skew)?);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+
+    let shared = Arc::new(Shared {
+        hooks,
+        hmac: hmac.clone(),
+        pool: Pool::new(settings.workers),
+        log_secrets: settings.log_secrets,
+    });
+    let events = shared.clone();
+    let service = ServiceBuilder::new()
+        .add_unary_handler(&proto::DISPATCH, move |ctx, object, sink| shared.dispatch(&ctx, object, sink))
+        .add_unary_handler(&proto::DISPATCH_EVENT, move |_, event, sink| events.dispatch_event(event, sink))
+        .build();
+    let env = Arc::new(Environment::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+    let millis = |duration: Duration| match duration.as_millis() {
+        0 => i32::MAX, // gRPC's "never"
+        ms => ms.min(i32::MAX as u128) as i32,
+    };
+    let channel_args = ChannelBuilder::new(env.clone())
+        .max_receive_message_len(settings.max_message_bytes)
+        .max_send_message_len(settings.max_message_bytes)
+        .raw_cfg_int(c"grpc.max_connection_age_ms".into(), millis(settings.max_connection_age))
+        .raw_cfg_int(c"grpc.max_connection_age_grace_ms".into(), millis(settings.max_connection_age_grace))
+        .raw_cfg_int(c"grpc.keepalive_time_ms".into(), millis(settings.keepalive_time))
+        .raw_cfg_int(c"grpc.keepalive_timeout_ms".into(), millis(settings.keepalive_timeout))
+        .raw_cfg_int(c"grpc.keepalive_permit_without_calls".into(), 1)
+        .raw_cfg_int(c"grpc.http2.max_pings_without_data".into(), 0)
+        .build_args();
+    let health = Health::default();
+    let mut server = ServerBuilder::new(env)
+        .channel_args(channel_args)
+        .register_service(service)
+        .register_service(health.service())
+        .register_service(crate::reflection::service())
+        .build()
+        .map_err(|e| format!("cannot create the gRPC server: {e}"))?;
+    let mut bound = Vec::new();
+    for address in &settings.listen {
+        let port = listen(&mut server, address)?;
+        bound.push(match address.strip_suffix(":0") {
+            Some(host) => format!("{host}:{port}"),
+            None => address.clone(),
+        });
+    }
+    server.start();
+    if settings.hmac_keys_file.is_none() {
+        warn!("TYK_PLUGIN_HMAC_KEYS_FILE is not set: accepting the tyk-demo's public HMAC key; set a keys file in production");
+    }
+    info!(
+        "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; {} workers; \
+         clock skew {:?}; drain delay {:?}, shutdown grace {:?}; connection age {:?} + {:?}; keepalive {:?}/{:?}",
+        bound.join(", "),
+        hmac.key_count(),
+        settings.max_message_bytes,
+        settings.workers,
+        settings.clock_skew,
+        settings.drain_delay,
+        settings.shutdown_grace,
+        settings.max_connection_age,
+        settings.max_connection_age_grace,
+        settings.keepalive_time,
+        settings.keepalive_timeout,
+    );
+
+    let (notify, notices) = mpsc::channel();
+    let signal_notify = notify.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_notify.send(Notice::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match notices.recv() {
+            Ok(Notice::Signal(SIGHUP)) => hmac.reload(),
+            Ok(Notice::Signal(signal)) => {
+                info!("signal {signal}: draining");
+                break;
+            }
+            Ok(Notice::Drained) | Err(_) => break,
+        }
+    }
+    Ok(drain(&mut server, &health, &settings, notify, &notices).unwrap_or_else(|code| code))
+}
+
+impl<D, E> Shared<D, E>
+where
+    D: Fn(Object, &mut Call) -> Object + Send + Sync + 'static,
+    E: Fn(Event) + Send + Sync + 'static,
+{
+    /// On a gRPC thread: hands the call to a worker, so these threads never wait on a hook.
+    fn dispatch(self: &Arc<Self>, ctx: &RpcContext, object: Object, sink: UnarySink<Object>) {
+        let traceparent = ctx.request_headers().iter().find(|(name, _)| *name == "traceparent");
+        let trace_id = traceparent.and_then(|(_, value)| logging::trace_id(value)).map(str::to_owned);
+        let shared = self.clone();
+        self.pool.execute(move || shared.run_dispatch(object, trace_id, sink));
+    }
+
+    /// On a worker: the hook, the reply, then the log lines. At INFO a copy of the received object
+    /// is kept for its line, written once the reply is on its way; at WARN nothing is copied.
+    fn run_dispatch(&self, object: Object, trace_id: Option<String>, sink: UnarySink<Object>) {
+        let received = log_enabled!(Level::Info).then(|| object.clone());
+        let mut call = Call { trace_id, hmac: self.hmac.clone(), notes: Vec::new() };
+        // A panic in hook logic fails this one call, not the worker.
+        let sent = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.hooks.dispatch)(object, &mut call))) {
+            Ok(reply) => sink.success(reply),
+            Err(_) => {
+                call.log(format_args!("failed: the hook panicked"));
+                sink.fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this call".into()))
+            }
+        };
+        if let Some(mut received) = received {
+            let label = logging::call_label(&received, call.trace_id());
+            if !self.log_secrets {
+                logging::redact(&mut received);
+            }
+            info!("{label} {}", Json(&received));
+            for note in &call.notes {
+                info!("{label} {note}");
+            }
+        }
+        wait_until_sent(sent);
+    }
+
+    fn dispatch_event(self: &Arc<Self>, event: Event, sink: UnarySink<EventReply>) {
+        let shared = self.clone();
+        self.pool.execute(move || {
+            let sent = match std::panic::catch_unwind(AssertUnwindSafe(|| (shared.hooks.dispatch_event)(event))) {
+                Ok(()) => sink.success(EventReply::new()),
+                Err(_) => sink
+                    .fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this event".into())),
+            };
+            wait_until_sent(sent);
+        });
+    }
+}
+
+/// gRPC cancels a call whose reply is dropped before the client's side has closed, so a worker
+/// holds it until it is sent.
+fn wait_until_sent(sent: UnarySinkResult) {
+    let _ = futures_executor::block_on(sent);
+}
+
+/// The same for replies sent on a gRPC thread, which must not block: the reply is kept on the
+/// call's queue until it resolves.
+pub(crate) fn finish(ctx: &RpcContext, sent: UnarySinkResult) {
+    ctx.spawn(async move {
+        let _ = sent.await;
+    });
+}
+
+/// Binds one address and returns its port. gRPC core says little about a failure, in a line of
+/// its own: that line is muted, and the reason is found by trying the address directly.
+fn listen(server: &mut Server, address: &str) -> Result<u16, String> {
+    let level = log::max_level();
+    log::set_max_level(log::LevelFilter::Off);
+    let bound = server.add_listening_port(address, ServerCredentials::insecure());
+    log::set_max_level(level);
+    bound.map_err(|_| {
+        let reason = match address.strip_prefix("unix:") {
+            Some(path) => std::os::unix::net::UnixListener::bind(path.trim_start_matches("//")).err(),
+            None => std::net::TcpListener::bind(address).err(),
+        };
+        let reason = reason.map_or_else(|| "refused by gRPC".to_owned(), |error| error.to_string());
+        format!("TYK_PLUGIN_LISTEN: cannot listen on {address}: {reason}")
+    })
+}
+
+/// Graceful drain, step by step. A second SIGTERM or SIGINT at any point exits at once with
+/// 128 + its number (the `Err`); returns the exit code otherwise.
+fn drain(
+    server: &mut Server,
+    health: &Health,
+    settings: &Settings,
+    notify: mpsc::Sender<Notice>,
+    notices: &mpsc::Receiver<Notice>,
+) -> Result<i32, i32> {
+    let started = Instant::now();
+    // 1. Health turns NOT_SERVING and ends its Watch streams.
+    health.start_drain();
+    // 2. Serve on for the drain delay, so health-checking clients and balancers leave first.
+    wait(notices, started + settings.drain_delay)?;
+    // 3. Refuse new calls: clients move to other replicas.
+    let shutdown = server.shutdown();
+    std::thread::spawn(move || {
+        let _ = futures_executor::block_on(shutdown);
+        let _ = notify.send(Notice::Drained);
+    });
+    // 4. Wait for the calls in flight to be answered, or for the grace to run out.
+    if wait(notices, Instant::now() + settings.shutdown_grace)? {
+        let counts = CallCounts::read()
+            .map_or_else(String::new, |c| format!("; since start {} calls answered OK, {} not", c.succeeded, c.failed));
+        info!("drained in {} ms{counts}", started.elapsed().as_millis());
+        return Ok(0);
+    }
+    // 5. Cancel what is left.
+    let open = CallCounts::read().map_or_else(|| "the".into(), |c| c.open().to_string());
+    warn!("shutdown grace of {:?} is over: cancelling {open} call(s) still open", settings.shutdown_grace);
+    server.cancel_all_calls();
+    let _ = notices.recv_timeout(Duration::from_secs(2));
+    Ok(0)
+}
+
+/// Waits until `deadline`; true if the server has shut down by then. SIGHUP is ignored.
+fn wait(notices: &mpsc::Receiver<Notice>, deadline: Instant) -> Result<bool, i32> {
+    loop {
+        match notices.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Notice::Drained) => return Ok(true),
+            Ok(Notice::Signal(SIGHUP)) => info!("SIGHUP ignored while draining"),
+            Ok(Notice::Signal(signal)) => {
+                warn!("signal {signal} during the drain: exiting at once");
+                return Err(128 + signal);
+            }
+            Err(_) => return Ok(false),
+        }
+    }
+}
+
+/// The server's call counters, from gRPC core's channelz: every call on every service.
+struct CallCounts {
+    started: u64,
+    succeeded: u64,
+    failed: u64,
+}
+
+impl CallCounts {
+    fn read() -> Option<CallCounts> {
+        let servers: serde_json::Value = grpcio::channelz::get_servers(0, |json| serde_json::from_str(json).ok())?;
+        // channelz prints int64 counters as JSON strings and leaves zeros out.
+        let count = |data: &serde_json::Value, name: &str| -> u64 {
+            data.get(name).and_then(|value| value.as_str()?.parse().ok()).unwrap_or(0)
+        };
+        let data: Vec<&serde_json::Value> =
+            servers.get("server")?.as_array()?.iter().filter_map(|server| server.get("data")).collect();
+        let total = |name: &str| data.iter().map(|data| count(data, name)).sum();
+        Some(CallCounts {
+            started: total("callsStarted"),
+            succeeded: total("callsSucceeded"),
+            failed: total("callsFailed"),
+        })
+    }
+
+    fn open(&self) -> u64 {
+        self.started.saturating_sub(self.succeeded + self.failed)
+    }
+}
+
+/// `--health-check`: the gRPC health of the server at the first TYK_PLUGIN_LISTEN address.
+fn health_check() -> i32 {
+    let first = Settings::from_env().ok().and_then(|settings| settings.listen.into_iter().next()).unwrap_or_default();
+    let target = match first.rsplit_once(':') {
+        Some(("[::]" | "0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        _ => first,
+    };
+    let env = Arc::new(Environment::new(1));
+    let channel = ChannelBuilder::new(env).connect(&target);
+    let options = grpcio::CallOption::default().timeout(Duration::from_secs(3));
+    match grpcio::Client::new(channel).unary_call(&proto::HEALTH_CHECK, &Default::default(), options) {
+        Ok(reply) if reply.status == proto::ServingStatus::SERVING.into() => 0,
+        Ok(reply) => {
+            eprintln!("tyk-grpc-plugin at {target}: {:?}", reply.status.enum_value_or_default());
+            1
+        }
+        Err(error) => {
+            eprintln!("tyk-grpc-plugin at {target}: {error}");
+            1
+        }
+    }
+}
