@@ -261,6 +261,7 @@ fn demo_signed_key_check() -> Object {
     let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
     let mut object = Object::new();
     object.hook_type = HookType::CustomKeyCheck.into();
+    object.spec.insert("APIID".into(), "grpc-custom-auth".into());
     let headers = &mut object.request.mut_or_insert_default().headers;
     headers.insert("Date".into(), date);
     let authorization = format!("keyId=\"{DEMO_KEY_ID}\",algorithm=\"hmac-sha512\",signature=\"{signature}\"");

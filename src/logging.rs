@@ -52,20 +52,58 @@ pub fn shorten(text: &str) -> &str {
 
 const REDACTED: &str = "[redacted]";
 const SECRET_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+/// Query parameters that carry credentials, by name in any case.
+const SECRET_PARAMS: [&str; 9] =
+    ["api_key", "apikey", "access_token", "token", "key", "password", "secret", "signature", "sig"];
 
-/// Replaces the object's secrets with "[redacted]": credential headers and the session's secrets.
-pub fn redact(object: &mut Object) {
+/// What the log lines leave out.
+pub struct Redaction {
+    /// Credentials: the headers above and `extra_headers`, query parameters named above, and
+    /// the session's secrets. Off only with TYK_PLUGIN_LOG_SECRETS=1.
+    pub hide_secrets: bool,
+    /// More header names (lower case) to redact: TYK_PLUGIN_LOG_REDACT_HEADERS.
+    pub extra_headers: Vec<String>,
+    /// Request and response bodies: TYK_PLUGIN_LOG_BODIES=0.
+    pub leave_out_bodies: bool,
+}
+
+/// Replaces what `redaction` names with "[redacted]", or with nothing for bodies.
+pub fn redact(object: &mut Object, redaction: &Redaction) {
+    if redaction.leave_out_bodies {
+        if let Some(request) = object.request.as_mut() {
+            request.body.clear();
+            request.raw_body.clear();
+        }
+        if let Some(response) = object.response.as_mut() {
+            response.body.clear();
+            response.raw_body.clear();
+        }
+    }
+    if !redaction.hide_secrets {
+        return;
+    }
     let hide = |value: &mut String| {
         if !value.is_empty() {
             *value = REDACTED.into();
         }
     };
     if let Some(request) = object.request.as_mut() {
+        let secret_header = |name: &str| {
+            SECRET_HEADERS.iter().any(|secret| name.eq_ignore_ascii_case(secret))
+                || redaction.extra_headers.iter().any(|extra| name.eq_ignore_ascii_case(extra))
+        };
         for (name, value) in request.headers.iter_mut() {
-            if SECRET_HEADERS.iter().any(|secret| name.eq_ignore_ascii_case(secret)) {
+            if secret_header(name) {
                 hide(value);
             }
         }
+        for (name, value) in request.params.iter_mut() {
+            if secret_param(name) {
+                hide(value);
+            }
+        }
+        redact_query(&mut request.url);
+        redact_query(&mut request.request_uri);
     }
     if let Some(session) = object.session.as_mut() {
         hide(&mut session.hmac_secret);
@@ -77,6 +115,28 @@ pub fn redact(object: &mut Object) {
         }
         session.oauth_keys.values_mut().for_each(hide);
     }
+}
+
+fn secret_param(name: &str) -> bool {
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    SECRET_PARAMS.iter().any(|secret| name.eq_ignore_ascii_case(secret))
+}
+
+/// `/path?api_key=abc&x=1` becomes `/path?api_key=[redacted]&x=1`.
+fn redact_query(url: &mut String) {
+    let Some((path, query)) = url.split_once('?') else { return };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(query, fragment)| (query, Some(fragment)));
+    if !query.split('&').any(|pair| secret_param(pair.split('=').next().unwrap_or_default())) {
+        return;
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret_param(name) => format!("{name}={REDACTED}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    *url = format!("{path}?{}{}", pairs.join("&"), fragment.map(|f| format!("#{f}")).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -129,7 +189,7 @@ mod tests {
         session.jwt_data.mut_or_insert_default().secret = "j".into();
         session.oauth_keys.insert("client".into(), "o".into());
         session.alias = "alias".into();
-        redact(&mut object);
+        redact(&mut object, &Redaction { hide_secrets: true, extra_headers: Vec::new(), leave_out_bodies: false });
         let headers = &object.request.headers;
         assert_eq!((headers["Authorization"].as_str(), headers["cookie"].as_str()), (REDACTED, REDACTED));
         assert_eq!((headers["X-Api-Key"].as_str(), headers["Host"].as_str()), (REDACTED, "h"));
@@ -137,5 +197,47 @@ mod tests {
         let session = &object.session;
         assert_eq!([&session.hmac_secret, &session.basic_auth_data.password, &session.jwt_data.secret], [REDACTED; 3]);
         assert_eq!((session.oauth_keys["client"].as_str(), session.alias.as_str()), (REDACTED, "alias"));
+    }
+
+    #[test]
+    fn credentials_in_query_strings_and_named_headers_are_redacted_and_bodies_left_out_on_request() {
+        let mut object = Object::new();
+        let request = object.request.mut_or_insert_default();
+        request.url = "/get?API_KEY=k1&x=1&access_token=t&sig=s&keyboard=q&api%5Fkey=k2#frag".into();
+        request.request_uri = "/get?x=1&Token=t2".into();
+        for (name, value) in [("api_key", "k1"), ("x", "1"), ("Password", "p")] {
+            request.params.insert(name.into(), value.into());
+        }
+        request.headers.insert("X-Custom-Token".into(), "c".into());
+        request.headers.insert("X-Other".into(), "o".into());
+        request.body = "body".into();
+        request.raw_body = b"body".to_vec();
+        object.response.mut_or_insert_default().raw_body = b"answer".to_vec();
+        let extra_headers = vec!["x-custom-token".to_owned()];
+        let mut logged = object.clone();
+        redact(
+            &mut logged,
+            &Redaction { hide_secrets: true, extra_headers: extra_headers.clone(), leave_out_bodies: false },
+        );
+        let request = &logged.request;
+        assert_eq!(
+            request.url,
+            "/get?API_KEY=[redacted]&x=1&access_token=[redacted]&sig=[redacted]&keyboard=q&api%5Fkey=[redacted]#frag"
+        );
+        assert_eq!(request.request_uri, "/get?x=1&Token=[redacted]");
+        assert_eq!((request.params["api_key"].as_str(), request.params["x"].as_str()), (REDACTED, "1"));
+        assert_eq!(request.params["Password"], REDACTED);
+        assert_eq!((request.headers["X-Custom-Token"].as_str(), request.headers["X-Other"].as_str()), (REDACTED, "o"));
+        assert_eq!((request.body.as_str(), logged.response.raw_body.as_slice()), ("body", &b"answer"[..]));
+
+        let mut logged = object.clone();
+        redact(&mut logged, &Redaction { hide_secrets: false, extra_headers, leave_out_bodies: true });
+        assert!(
+            logged.request.body.is_empty() && logged.request.raw_body.is_empty() && logged.response.raw_body.is_empty()
+        );
+        assert_eq!(logged.request.params["api_key"], "k1", "TYK_PLUGIN_LOG_SECRETS=1 keeps the rest");
+        let mut plain = "/a?b=1".to_owned();
+        redact_query(&mut plain);
+        assert_eq!(plain, "/a?b=1");
     }
 }

@@ -13,10 +13,10 @@ use grpcio::{
 use log::{info, log_enabled, warn, Level};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::auth::Hmac;
+use crate::auth::{Hmac, Policy};
 use crate::health::Health;
 use crate::json::Json;
-use crate::logging;
+use crate::logging::{self, Redaction};
 use crate::pool::Pool;
 use crate::proto::{self, Event, EventReply, Object};
 use crate::settings::{self, Settings};
@@ -86,7 +86,7 @@ struct Shared<D, E> {
     hooks: Hooks<D, E>,
     hmac: Arc<Hmac>,
     pool: Arc<Pool>,
-    log_secrets: bool,
+    redaction: Redaction,
 }
 
 enum Notice {
@@ -101,7 +101,12 @@ where
     E: Fn(Event) + Send + Sync + 'static,
 {
     logging::init(&settings.log_filter);
-    let hmac = Arc::new(Hmac::new(settings.hmac_keys_file.clone(), settings.clock_skew)?);
+    let policy = Policy {
+        clock_skew: settings.clock_skew,
+        algorithms: settings.hmac_algorithms.clone(),
+        required_headers: settings.hmac_required_headers.clone(),
+    };
+    let hmac = Arc::new(Hmac::new(settings.hmac_keys_file.clone(), policy)?);
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot handle signals: {e}"))?;
 
@@ -109,7 +114,11 @@ where
         hooks,
         hmac: hmac.clone(),
         pool: Pool::new(settings.workers),
-        log_secrets: settings.log_secrets,
+        redaction: Redaction {
+            hide_secrets: !settings.log_secrets,
+            extra_headers: settings.log_redact_headers.clone(),
+            leave_out_bodies: !settings.log_bodies,
+        },
     });
     let events = shared.clone();
     let service = ServiceBuilder::new()
@@ -217,9 +226,7 @@ where
         };
         if let Some(mut received) = received {
             let label = logging::call_label(&received, call.trace_id());
-            if !self.log_secrets {
-                logging::redact(&mut received);
-            }
+            logging::redact(&mut received, &self.redaction);
             info!("{label} {}", Json(&received));
             for note in &call.notes {
                 info!("{label} {note}");

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::auth::Algorithm;
+
 /// One row of the table, as `--help` and the README show it.
 pub struct Setting {
     pub name: &'static str,
@@ -42,8 +44,16 @@ settings! {
         "JSON keys file (see HMAC custom authentication); unset: the tyk-demo's public key, with a warning";
     clock_skew: Duration = "TYK_PLUGIN_HMAC_CLOCK_SKEW", "300", seconds,
         "seconds a signed date may be off from now; `0` turns the check off";
+    hmac_required_headers: Vec<String> = "TYK_PLUGIN_HMAC_REQUIRED_HEADERS", "date", header_names,
+        "headers every signature must cover, space-separated, e.g. `(request-target) host date digest`";
+    hmac_algorithms: Vec<Algorithm> = "TYK_PLUGIN_HMAC_ALGORITHMS", "hmac-sha1,hmac-sha256,hmac-sha384,hmac-sha512,rsa-sha256", algorithms,
+        "signature algorithms accepted, comma-separated";
     log_secrets: bool = "TYK_PLUGIN_LOG_SECRETS", "0", flag,
         "`1` logs secrets unredacted (debugging only)";
+    log_redact_headers: Vec<String> = "TYK_PLUGIN_LOG_REDACT_HEADERS", "", header_names,
+        "more request headers to log as `[redacted]`, space-separated (credential headers always are)";
+    log_bodies: bool = "TYK_PLUGIN_LOG_BODIES", "1", flag,
+        "`0` leaves request and response bodies out of the log";
     drain_delay: Duration = "TYK_PLUGIN_DRAIN_DELAY", "0", seconds,
         "seconds to keep serving after SIGTERM or SIGINT with health `NOT_SERVING`, so health-checking clients leave first";
     shutdown_grace: Duration = "TYK_PLUGIN_SHUTDOWN_GRACE", "10", seconds,
@@ -141,6 +151,24 @@ fn flag(value: &str) -> Result<bool, &'static str> {
     }
 }
 
+/// Lower-case header names, separated by spaces or commas; `(request-target)` is one too.
+fn header_names(value: &str) -> Result<Vec<String>, &'static str> {
+    let names: Vec<String> =
+        value.split([' ', ',']).filter(|name| !name.is_empty()).map(str::to_ascii_lowercase).collect();
+    let valid = |name: &String| {
+        name == "(request-target)" || name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    };
+    names.iter().all(valid).then_some(names).ok_or("header names separated by spaces")
+}
+
+fn algorithms(value: &str) -> Result<Vec<Algorithm>, &'static str> {
+    let names = value.split(',').map(str::trim);
+    let algorithms: Option<Vec<Algorithm>> = names.map(Algorithm::from_name).collect();
+    algorithms
+        .filter(|algorithms| !algorithms.is_empty())
+        .ok_or("a comma-separated list of hmac-sha1, hmac-sha256, hmac-sha384, hmac-sha512, rsa-sha256")
+}
+
 fn log_filter(value: &str) -> Result<String, &'static str> {
     Ok(value.to_owned())
 }
@@ -181,6 +209,13 @@ mod tests {
         assert!(workers("0").is_err() && workers("4097").is_err() && workers("8").is_ok());
         assert_eq!((flag("1"), flag("false")), (Ok(true), Ok(false)));
         assert!(flag("yes").is_err());
+        assert_eq!(
+            header_names("(Request-Target) Host,date"),
+            Ok(vec!["(request-target)".into(), "host".into(), "date".into()])
+        );
+        assert!(header_names("date\nx").is_err() && header_names("a:b").is_err());
+        assert_eq!(algorithms("HMAC-SHA256, rsa-sha256"), Ok(vec![Algorithm::HmacSha256, Algorithm::RsaSha256]));
+        assert!(algorithms("hmac-md5").is_err() && algorithms("").is_err());
     }
 
     #[test]

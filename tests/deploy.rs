@@ -118,7 +118,7 @@ fn docker_compose_runs_it_under_the_demos_service_name() {
     let compose = &yaml_documents(&repo("docker-compose.yml"))[0];
     let service = &compose["services"]["tyk-python-grpc-server"];
     assert_eq!(service["build"], ".");
-    assert_eq!(service["ports"][0], "50051:50051");
+    assert_eq!(service["ports"], serde_json::json!(["127.0.0.1:50051:50051"]), "published on loopback only");
     let stop: f64 = service["stop_grace_period"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
     let grace: f64 = service["environment"]["TYK_PLUGIN_SHUTDOWN_GRACE"].as_str().unwrap().parse().unwrap();
     assert!(stop > grace, "Docker waits longer than the drain");
@@ -191,8 +191,21 @@ fn the_kubernetes_manifests_validate_and_fit_together() {
         secret["stringData"][Path::new(&keys_file).file_name().unwrap().to_str().unwrap()].as_str().unwrap();
     let keys_path = temp_dir("kubernetes-keys").join("keys.json");
     std::fs::write(&keys_path, keys_json).unwrap();
-    Plugin::start(&[("TYK_PLUGIN_HMAC_KEYS_FILE", keys_path.to_str().unwrap())])
-        .wait_for_line("2 HMAC key(s)", Duration::from_secs(5));
+    let mode = pod["volumes"][0]["secret"]["defaultMode"].as_u64().unwrap();
+    assert_eq!(mode & 0o007, 0, "the keys file is not readable by every user");
+    assert_eq!(pod["securityContext"]["fsGroup"], pod["securityContext"]["runAsUser"], "but by the plugin's group");
+    // The manifest's settings are the production ones the README recommends, and the server takes them.
+    let required = env("TYK_PLUGIN_HMAC_REQUIRED_HEADERS").unwrap();
+    assert!(required.contains("(request-target)") && required.contains("date"), "{required}");
+    let algorithms = env("TYK_PLUGIN_HMAC_ALGORITHMS").unwrap();
+    assert!(!algorithms.contains("sha1"), "{algorithms}");
+    let names: Vec<String> =
+        container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
+    let mut settings: Vec<(String, String)> = names.iter().map(|name| (name.clone(), env(name).unwrap())).collect();
+    settings.retain(|(name, _)| name != "TYK_PLUGIN_HMAC_KEYS_FILE");
+    settings.push(("TYK_PLUGIN_HMAC_KEYS_FILE".into(), keys_path.to_str().unwrap().into()));
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    Plugin::start(&settings).wait_for_line("2 HMAC key(s)", Duration::from_secs(5));
 
     let service = of_kind("Service");
     assert_eq!(service["spec"]["clusterIP"], "None", "headless, for dns:/// round robin");
