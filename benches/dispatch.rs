@@ -6,7 +6,8 @@
 //! TYK_BENCH_PEER_PID) the Response-payload scenarios also run against another server, e.g. the
 //! Python original, in the same run. TYK_BENCH_SECONDS sets each scenario's length (default 5).
 //! `--write-frame PATH` writes the Response payload as a gRPC frame for h2load (benches/h2load.sh);
-//! `--sleeping-plugin MS` serves the plugin with a hook that sleeps MS milliseconds a call.
+//! With TYK_BENCH_SLEEPING_HOOK_MS=MS set, it serves the plugin with a hook that sleeps MS
+//! milliseconds a call (the plugin's own settings and arguments otherwise).
 //! Under `cargo test` (no `--bench` argument) every scenario runs for a tenth of a second against
 //! the debug build: a check that the harness works, whose figures mean nothing.
 //! See docs/benchmarks.md.
@@ -27,9 +28,9 @@ fn main() {
     if args.iter().any(|arg| arg == "--echo-server") {
         return echo_server();
     }
-    if let Some(millis) = args.iter().position(|arg| arg == "--sleeping-plugin").and_then(|at| args.get(at + 1)) {
+    if let Ok(millis) = std::env::var("TYK_BENCH_SLEEPING_HOOK_MS") {
         // The plugin with a hook that waits like a slow lookup: the server's settings as usual.
-        let wait = Duration::from_millis(millis.parse().expect("--sleeping-plugin MILLISECONDS"));
+        let wait = Duration::from_millis(millis.parse().expect("TYK_BENCH_SLEEPING_HOOK_MS: milliseconds"));
         tyk_grpc_plugin::run(
             move |object, _| {
                 std::thread::sleep(wait);

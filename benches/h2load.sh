@@ -64,7 +64,7 @@ for round in $(seq "$rounds"); do
 done
 echo "plugin-info peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$info_pid/status"); log lines: $(wc -l <"$work/plugin-info.log")"
 
-start sleeping warn "$bench" --sleeping-plugin 50
+TYK_BENCH_SLEEPING_HOOK_MS=50 start sleeping warn "$bench"
 sleep 1
 load 4 64 5000 "127.0.0.1:$port/$dispatch" >"$work/sleeping.txt" &
 sleeping_load=$!

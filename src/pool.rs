@@ -1,66 +1,175 @@
 //! The worker threads that run hook logic. gRPC's own threads only receive calls and hand them
 //! here, so a hook that waits on a database or an HTTP service holds up one worker, never the other
 //! calls or the health checks. Jobs beyond the workers queue and start in the order they came.
+//!
+//! As many workers as cores run the jobs while hooks compute: more runnable threads than cores
+//! would only take turns and starve gRPC's threads. A watcher counts the workers whose job has run
+//! longer than `STUCK_AFTER` (waiting on I/O, most likely) and starts one more worker for each,
+//! up to the maximum; a worker beyond the core count ends when it finds nothing to do.
+//!
+//! A job returns what it still has to see through: the reply it has sent, which gRPC must not
+//! have dropped before it is on its way. The worker polls those between jobs and waits for the
+//! rest before it rests, so a busy worker never stops for them.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// What a job leaves to finish: a future that needs no more than polling.
+pub type Unfinished = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Job = Box<dyn FnOnce() -> Option<Unfinished> + Send>;
+
+/// How long a job runs before its worker counts as stuck.
+const STUCK_AFTER: Duration = Duration::from_millis(2);
+/// How long a worker out of jobs keeps looking before it sleeps: a call that comes sooner starts
+/// at once, without the wake-up of a sleeping thread (tens of microseconds on a virtual machine).
+const SPIN: Duration = Duration::from_micros(SPIN_MICROS);
+const SPIN_MICROS: u64 = 50;
 
 pub struct Pool {
     queue: Mutex<Queue>,
+    /// The queue's length, for spinning workers to watch without the lock.
+    queued: AtomicUsize,
     job_ready: Condvar,
+    /// Wakes the watcher when work arrives while it rests.
+    work_arrived: Condvar,
+    cores: usize,
     max_workers: usize,
 }
 
 struct Queue {
     jobs: VecDeque<Job>,
-    workers: usize,
+    /// Every worker by its number, with the time its current job started.
+    workers: HashMap<usize, Option<Instant>>,
+    next_worker: usize,
     idle: usize,
+    watcher_resting: bool,
 }
 
 impl Pool {
-    /// A pool that starts threads as calls need them, up to `max_workers`.
-    pub fn new(max_workers: usize) -> Arc<Pool> {
-        let queue = Queue { jobs: VecDeque::new(), workers: 0, idle: 0 };
-        Arc::new(Pool { queue: Mutex::new(queue), job_ready: Condvar::new(), max_workers })
+    /// A pool of as many workers as `cores` that grows up to `max_workers` while hooks block.
+    pub fn new(cores: usize, max_workers: usize) -> Arc<Pool> {
+        let queue =
+            Queue { jobs: VecDeque::new(), workers: HashMap::new(), next_worker: 0, idle: 0, watcher_resting: false };
+        let cores = cores.clamp(1, max_workers);
+        let pool = Arc::new(Pool {
+            queue: Mutex::new(queue),
+            queued: AtomicUsize::new(0),
+            job_ready: Condvar::new(),
+            work_arrived: Condvar::new(),
+            cores,
+            max_workers,
+        });
+        if max_workers > cores {
+            let watched = pool.clone();
+            let started = std::thread::Builder::new().name("hook-watcher".into()).spawn(move || watched.watch());
+            if let Err(error) = started {
+                log::error!("cannot start the thread that adds workers for blocked hooks: {error}");
+            }
+        }
+        pool
     }
 
-    /// Runs `job` on a worker: an idle one, a new one, or the first one free.
-    pub fn execute(self: &Arc<Self>, job: impl FnOnce() + Send + 'static) {
+    /// Runs `job` on a worker: an idle one, a new one while there are fewer than the cores, or
+    /// the first one free.
+    pub fn execute(self: &Arc<Self>, job: impl FnOnce() -> Option<Unfinished> + Send + 'static) {
         let mut queue = self.lock();
         queue.jobs.push_back(Box::new(job));
+        self.queued.store(queue.jobs.len(), Ordering::Relaxed);
         if queue.idle > 0 {
             drop(queue);
             self.job_ready.notify_one();
-        } else if queue.workers < self.max_workers {
-            queue.workers += 1;
+        } else if queue.workers.len() < self.cores {
+            self.start_worker(queue);
+        } else if queue.watcher_resting {
+            queue.watcher_resting = false;
             drop(queue);
-            let pool = self.clone();
-            let started = std::thread::Builder::new().name("hook-worker".into()).spawn(move || pool.work());
-            if let Err(error) = started {
-                // The job waits for a worker that exists; with none, the next call tries again.
-                self.lock().workers -= 1;
-                log::error!("cannot start a worker thread: {error}");
+            self.work_arrived.notify_one();
+        }
+    }
+
+    fn start_worker(self: &Arc<Self>, mut queue: MutexGuard<'_, Queue>) {
+        let number = queue.next_worker;
+        queue.next_worker += 1;
+        queue.workers.insert(number, None);
+        drop(queue);
+        let pool = self.clone();
+        if let Err(error) = std::thread::Builder::new().name("hook-worker".into()).spawn(move || pool.work(number)) {
+            // The job waits for a worker that exists; with none, the next call tries again.
+            self.lock().workers.remove(&number);
+            log::error!("cannot start a worker thread: {error}");
+        }
+    }
+
+    fn work(&self, number: usize) {
+        let mut unfinished: Vec<Unfinished> = Vec::new();
+        let mut spun = false;
+        let mut queue = self.lock();
+        loop {
+            if let Some(job) = queue.jobs.pop_front() {
+                self.queued.store(queue.jobs.len(), Ordering::Relaxed);
+                queue.workers.insert(number, Some(Instant::now()));
+                drop(queue);
+                unfinished.extend(job());
+                let mut context = Context::from_waker(Waker::noop());
+                unfinished.retain_mut(|future| future.as_mut().poll(&mut context).is_pending());
+                queue = self.lock();
+                queue.workers.insert(number, None);
+                spun = false;
+            } else if !unfinished.is_empty() {
+                drop(queue);
+                unfinished.drain(..).for_each(futures_executor::block_on);
+                queue = self.lock();
+            } else if !spun {
+                drop(queue);
+                self.spin();
+                spun = true;
+                queue = self.lock();
+            } else if queue.workers.len() > self.cores {
+                // A worker added for blocked hooks ends once it is not needed.
+                queue.workers.remove(&number);
+                return;
+            } else {
+                queue.idle += 1;
+                queue = self.job_ready.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+                queue.idle -= 1;
+                spun = false;
             }
         }
     }
 
-    fn work(&self) {
+    /// Adds a worker for each one stuck in a job while jobs wait, checking every STUCK_AFTER;
+    /// rests while there is nothing to wait for.
+    fn watch(self: Arc<Self>) {
         let mut queue = self.lock();
         loop {
-            match queue.jobs.pop_front() {
-                Some(job) => {
-                    drop(queue);
-                    job();
-                    queue = self.lock();
-                }
-                None => {
-                    queue.idle += 1;
-                    queue = self.job_ready.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-                    queue.idle -= 1;
-                }
+            if queue.jobs.is_empty() {
+                queue.watcher_resting = true;
+                queue = self.work_arrived.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
             }
+            let now = Instant::now();
+            let stuck = queue.workers.values().flatten().filter(|&&started| now - started >= STUCK_AFTER).count();
+            if queue.workers.len() - stuck < self.cores && queue.workers.len() < self.max_workers && queue.idle == 0 {
+                self.start_worker(queue);
+                queue = self.lock();
+                continue;
+            }
+            drop(queue);
+            std::thread::sleep(STUCK_AFTER);
+            queue = self.lock();
+        }
+    }
+
+    /// Looks for a job for up to SPIN.
+    fn spin(&self) {
+        let started = Instant::now();
+        while self.queued.load(Ordering::Relaxed) == 0 && started.elapsed() < SPIN {
+            std::hint::spin_loop();
         }
     }
 
@@ -74,37 +183,83 @@ impl Pool {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[test]
     fn a_blocked_job_holds_up_only_its_own_worker() {
-        let pool = Pool::new(2);
+        let pool = Pool::new(1, 4);
         let (release, blocked) = mpsc::channel::<()>();
         pool.execute(move || {
             let _ = blocked.recv();
+            None
         });
         let (done, finished) = mpsc::channel();
-        pool.execute(move || done.send(()).unwrap());
-        assert!(finished.recv_timeout(Duration::from_secs(10)).is_ok(), "the second job ran beside the blocked one");
+        for _ in 0..10 {
+            let done = done.clone();
+            pool.execute(move || {
+                done.send(()).unwrap();
+                None
+            });
+        }
+        for _ in 0..10 {
+            assert!(finished.recv_timeout(Duration::from_secs(10)).is_ok(), "the jobs ran beside the blocked one");
+        }
         release.send(()).unwrap();
     }
 
     #[test]
     fn jobs_beyond_the_workers_queue_and_start_in_order() {
-        let pool = Pool::new(1);
+        let pool = Pool::new(1, 1);
         let (release, blocked) = mpsc::channel::<()>();
         pool.execute(move || {
             let _ = blocked.recv();
+            None
         });
         let (sender, order) = mpsc::channel();
         for i in 0..100 {
             let sender = sender.clone();
-            pool.execute(move || sender.send(i).unwrap());
+            pool.execute(move || {
+                sender.send(i).unwrap();
+                None
+            });
         }
         assert!(order.recv_timeout(Duration::from_millis(200)).is_err(), "nothing runs while the one worker is busy");
         release.send(()).unwrap();
         let ran: Vec<i32> = (0..100).map(|_| order.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
         assert_eq!(ran, (0..100).collect::<Vec<_>>());
-        assert_eq!(pool.lock().workers, 1);
+        assert_eq!(pool.lock().workers.len(), 1);
+    }
+
+    #[test]
+    fn workers_added_for_blocked_jobs_end_when_done_and_what_jobs_leave_is_finished() {
+        let pool = Pool::new(1, 3);
+        let (release, blocked) = mpsc::channel::<()>();
+        let blocked = Arc::new(Mutex::new(blocked));
+        let (done, finished) = mpsc::channel();
+        for _ in 0..5 {
+            let (blocked, done) = (blocked.clone(), done.clone());
+            pool.execute(move || {
+                let _ = blocked.lock().unwrap().recv();
+                let unfinished: Unfinished = Box::pin(async move { done.send(()).unwrap() });
+                Some(unfinished)
+            });
+        }
+        // One worker is blocked in its recv; the others wait for the lock: all stuck.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.lock().workers.len() < 3 {
+            assert!(Instant::now() < deadline, "workers are added while jobs are stuck");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(pool.lock().workers.len(), 3, "never more than the maximum");
+        for _ in 0..5 {
+            release.send(()).unwrap();
+        }
+        for _ in 0..5 {
+            finished.recv_timeout(Duration::from_secs(10)).expect("each job's unfinished part is finished");
+        }
+        while pool.lock().workers.len() > 1 {
+            assert!(Instant::now() < deadline, "the added workers end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -7,17 +7,18 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
-    ServiceBuilder, UnarySink, UnarySinkResult,
+    ChannelBuilder, Environment, Marshaller, MessageReader, Method, MethodType, RpcContext, RpcStatus, RpcStatusCode,
+    Server, ServerBuilder, ServerCredentials, ServiceBuilder, UnarySink, UnarySinkResult,
 };
 use log::{info, log_enabled, warn, Level};
+use protobuf::{CodedInputStream, Message as _};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::auth::{Hmac, Policy};
 use crate::health::Health;
 use crate::json::Json;
 use crate::logging::{self, Redaction};
-use crate::pool::Pool;
+use crate::pool::{Pool, Unfinished};
 use crate::proto::{self, Event, EventReply, Object};
 use crate::settings::{self, Settings};
 
@@ -113,7 +114,7 @@ where
     let shared = Arc::new(Shared {
         hooks,
         hmac: hmac.clone(),
-        pool: Pool::new(settings.workers),
+        pool: Pool::new(cores(), settings.workers),
         redaction: Redaction {
             hide_secrets: !settings.log_secrets,
             extra_headers: settings.log_redact_headers.clone(),
@@ -122,10 +123,10 @@ where
     });
     let events = shared.clone();
     let service = ServiceBuilder::new()
-        .add_unary_handler(&proto::DISPATCH, move |ctx, object, sink| shared.dispatch(&ctx, object, sink))
+        .add_unary_handler(&DISPATCH_UNPARSED, move |ctx, message, sink| shared.dispatch(&ctx, message, sink))
         .add_unary_handler(&proto::DISPATCH_EVENT, move |_, event, sink| events.dispatch_event(event, sink))
         .build();
-    let env = Arc::new(Environment::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+    let env = Arc::new(Environment::new(cores()));
     let millis = |duration: Duration| match duration.as_millis() {
         0 => i32::MAX, // gRPC's "never"
         ms => ms.min(i32::MAX as u128) as i32,
@@ -204,16 +205,29 @@ where
     E: Fn(Event) + Send + Sync + 'static,
 {
     /// On a gRPC thread: hands the call to a worker, so these threads never wait on a hook.
-    fn dispatch(self: &Arc<Self>, ctx: &RpcContext, object: Object, sink: UnarySink<Object>) {
+    fn dispatch(self: &Arc<Self>, ctx: &RpcContext, message: MessageReader, sink: UnarySink<Object>) {
         let traceparent = ctx.request_headers().iter().find(|(name, _)| *name == "traceparent");
         let trace_id = traceparent.and_then(|(_, value)| logging::trace_id(value)).map(str::to_owned);
         let shared = self.clone();
-        self.pool.execute(move || shared.run_dispatch(object, trace_id, sink));
+        self.pool.execute(move || Some(shared.run_dispatch(message, trace_id, sink)));
     }
 
-    /// On a worker: the hook, the reply, then the log lines. At INFO a copy of the received object
-    /// is kept for its line, written once the reply is on its way; at WARN nothing is copied.
-    fn run_dispatch(&self, object: Object, trace_id: Option<String>, sink: UnarySink<Object>) {
+    /// On a worker: the object, the hook, the reply, then the log lines. At INFO a copy of the
+    /// received object is kept for its line, written once the reply is on its way; at WARN nothing
+    /// is copied.
+    fn run_dispatch(
+        &self,
+        mut message: MessageReader,
+        trace_id: Option<String>,
+        sink: UnarySink<Object>,
+    ) -> Unfinished {
+        let mut object = Object::new();
+        if let Err(error) = object.merge_from(&mut CodedInputStream::from_buf_read(&mut message)) {
+            let status =
+                RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, format!("not a coprocess.Object: {error}"));
+            return until_sent(sink.fail(status));
+        }
+        drop(message);
         let received = log_enabled!(Level::Info).then(|| object.clone());
         let mut call = Call { trace_id, hmac: self.hmac.clone(), notes: Vec::new() };
         // A panic in hook logic fails this one call, not the worker.
@@ -232,7 +246,7 @@ where
                 info!("{label} {note}");
             }
         }
-        wait_until_sent(sent);
+        until_sent(sent)
     }
 
     fn dispatch_event(self: &Arc<Self>, event: Event, sink: UnarySink<EventReply>) {
@@ -243,15 +257,30 @@ where
                 Err(_) => sink
                     .fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this event".into())),
             };
-            wait_until_sent(sent);
+            Some(until_sent(sent))
         });
     }
 }
 
-/// gRPC cancels a call whose reply is dropped before the client's side has closed, so a worker
-/// holds it until it is sent.
-fn wait_until_sent(sent: UnarySinkResult) {
-    let _ = futures_executor::block_on(sent);
+/// Dispatch as the server receives it: the message is parsed on the worker, not on gRPC's thread,
+/// so that the object is made and freed on one thread.
+const DISPATCH_UNPARSED: Method<MessageReader, Object> = Method {
+    ty: MethodType::Unary,
+    name: proto::DISPATCH.name,
+    req_mar: Marshaller { ser: |_, _| unreachable!("the server never sends a request"), de: Ok },
+    resp_mar: proto::DISPATCH.resp_mar,
+};
+
+/// gRPC cancels a call whose reply is dropped before the client's side has closed, so the worker
+/// keeps it until it is sent.
+fn until_sent(sent: UnarySinkResult) -> Unfinished {
+    Box::pin(async move {
+        let _ = sent.await;
+    })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The same for replies sent on a gRPC thread, which must not block: the reply is kept on the

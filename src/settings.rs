@@ -39,7 +39,7 @@ settings! {
     max_message_bytes: i32 = "TYK_PLUGIN_MAX_MESSAGE_BYTES", "67108864", message_bytes,
         "largest message received or sent (64 MiB); larger calls get `RESOURCE_EXHAUSTED`";
     workers: usize = "TYK_PLUGIN_WORKERS", "64", workers,
-        "threads that run hook logic, so hooks may wait on I/O; calls beyond them queue in order";
+        "most threads running hook logic at once: as many as cores, more while hooks wait on I/O; calls beyond them queue in order";
     hmac_keys_file: Option<String> = "TYK_PLUGIN_HMAC_KEYS_FILE", "", path,
         "JSON keys file (see HMAC custom authentication); unset: the tyk-demo's public key, with a warning";
     clock_skew: Duration = "TYK_PLUGIN_HMAC_CLOCK_SKEW", "300", seconds,
