@@ -27,7 +27,12 @@ impl fmt::Display for Json<'_> {
         BUFFER.with_borrow_mut(|buffer| {
             buffer.clear();
             print_message(self.0, buffer)?;
-            out.write_str(buffer)
+            let written = out.write_str(buffer);
+            // An exceptional message's room is given back, not kept for the thread's life.
+            if buffer.capacity() > 1 << 20 {
+                *buffer = String::new();
+            }
+            written
         })
     }
 }

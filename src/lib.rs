@@ -4,6 +4,7 @@
 pub mod auth;
 mod health;
 pub mod json;
+mod listener;
 pub mod logging;
 mod pool;
 pub mod proto;

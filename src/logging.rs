@@ -67,8 +67,27 @@ pub struct Redaction {
     pub leave_out_bodies: bool,
 }
 
-/// Replaces what `redaction` names with "[redacted]", or with nothing for bodies.
+/// How much of each body a log line shows: a line holds the whole object, and a body of many
+/// megabytes would make a line as big (and the logging thread's buffers with it).
+pub const LOGGED_BODY_BYTES: usize = 64 << 10;
+
+/// Replaces what `redaction` names with "[redacted]", or with nothing for bodies; cuts bodies to
+/// LOGGED_BODY_BYTES.
 pub fn redact(object: &mut Object, redaction: &Redaction) {
+    let cut = |text: &mut String| {
+        if text.len() > LOGGED_BODY_BYTES {
+            let end = (0..=LOGGED_BODY_BYTES).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
+            text.truncate(end);
+        }
+    };
+    if let Some(request) = object.request.as_mut() {
+        cut(&mut request.body);
+        request.raw_body.truncate(LOGGED_BODY_BYTES);
+    }
+    if let Some(response) = object.response.as_mut() {
+        cut(&mut response.body);
+        response.raw_body.truncate(LOGGED_BODY_BYTES);
+    }
     if redaction.leave_out_bodies {
         if let Some(request) = object.request.as_mut() {
             request.body.clear();
@@ -236,6 +255,14 @@ mod tests {
             logged.request.body.is_empty() && logged.request.raw_body.is_empty() && logged.response.raw_body.is_empty()
         );
         assert_eq!(logged.request.params["api_key"], "k1", "TYK_PLUGIN_LOG_SECRETS=1 keeps the rest");
+        let mut big = Object::new();
+        big.request.mut_or_insert_default().raw_body = vec![1; LOGGED_BODY_BYTES + 1];
+        big.request.mut_or_insert_default().body = format!("a{}", "é".repeat(LOGGED_BODY_BYTES));
+        big.response.mut_or_insert_default().body = "b".repeat(LOGGED_BODY_BYTES * 2);
+        redact(&mut big, &Redaction { hide_secrets: true, extra_headers: Vec::new(), leave_out_bodies: false });
+        assert_eq!(big.request.raw_body.len(), LOGGED_BODY_BYTES);
+        assert_eq!(big.request.body.len(), LOGGED_BODY_BYTES - 1, "cut at a character's boundary");
+        assert_eq!(big.response.body.len(), LOGGED_BODY_BYTES);
         let mut plain = "/a?b=1".to_owned();
         redact_query(&mut plain);
         assert_eq!(plain, "/a?b=1");

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use grpcio::{
-    ChannelBuilder, Environment, Marshaller, MessageReader, Method, MethodType, RpcContext, RpcStatus, RpcStatusCode,
-    Server, ServerBuilder, ServerCredentials, ServiceBuilder, UnarySink, UnarySinkResult,
+    ChannelBuilder, Environment, Marshaller, MessageReader, Method, MethodType, ResourceQuota, RpcContext, RpcStatus,
+    RpcStatusCode, Server, ServerBuilder, ServiceBuilder, UnarySink, UnarySinkResult,
 };
 use log::{info, log_enabled, warn, Level};
 use protobuf::{CodedInputStream, Message as _};
@@ -17,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::auth::{Hmac, Policy};
 use crate::health::Health;
 use crate::json::Json;
+use crate::listener::{Listeners, Socket};
 use crate::logging::{self, Redaction};
 use crate::pool::{Pool, Unfinished};
 use crate::proto::{self, Event, EventReply, Object};
@@ -85,6 +87,7 @@ struct Hooks<D, E> {
 /// Everything a call needs on its worker.
 struct Shared<D, E> {
     hooks: Hooks<D, E>,
+    budget: Arc<Budget>,
     hmac: Arc<Hmac>,
     pool: Arc<Pool>,
     redaction: Redaction,
@@ -102,6 +105,12 @@ where
     E: Fn(Event) + Send + Sync + 'static,
 {
     logging::init(&settings.log_filter);
+    // Big messages' buffers are mapped and unmapped on their own, so their memory goes back to
+    // the system when freed. glibc would otherwise raise this threshold to the largest block freed
+    // so far and keep later ones in its arenas, where one thread's freed block is no use to the
+    // next thread's allocation.
+    // SAFETY: mallopt only sets an allocator parameter, before the threads that allocate start.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
     let policy = Policy {
         clock_skew: settings.clock_skew,
         algorithms: settings.hmac_algorithms.clone(),
@@ -111,8 +120,11 @@ where
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot handle signals: {e}"))?;
 
+    let budget =
+        Arc::new(Budget { limit: settings.memory_limit - settings.memory_limit / 4, used: AtomicUsize::new(0) });
     let shared = Arc::new(Shared {
         hooks,
+        budget,
         hmac: hmac.clone(),
         pool: Pool::new(cores(), settings.workers),
         redaction: Redaction {
@@ -131,7 +143,12 @@ where
         0 => i32::MAX, // gRPC's "never"
         ms => ms.min(i32::MAX as u128) as i32,
     };
+    // gRPC core's buffers (messages being received, and received ones until parsed) take a quarter
+    // of the memory limit: past it, core slows its connections' flow and cancels streams with
+    // RESOURCE_EXHAUSTED. The calls handed to workers take the rest (Budget).
+    let quota = ResourceQuota::new(Some("tyk-grpc-plugin")).resize_memory(settings.memory_limit / 4);
     let channel_args = ChannelBuilder::new(env.clone())
+        .set_resource_quota(quota)
         .max_receive_message_len(settings.max_message_bytes)
         .max_send_message_len(settings.max_message_bytes)
         .raw_cfg_int(c"grpc.max_connection_age_ms".into(), millis(settings.max_connection_age))
@@ -149,30 +166,35 @@ where
         .register_service(crate::reflection::service())
         .build()
         .map_err(|e| format!("cannot create the gRPC server: {e}"))?;
-    let mut bound = Vec::new();
-    for address in &settings.listen {
-        let port = listen(&mut server, address)?;
-        bound.push(match address.strip_suffix(":0") {
-            Some(host) => format!("{host}:{port}"),
-            None => address.clone(),
-        });
-    }
+    let sockets = settings
+        .listen
+        .iter()
+        .map(|address| {
+            Socket::bind(address).map_err(|error| format!("TYK_PLUGIN_LISTEN: cannot listen on {address}: {error}"))
+        })
+        .collect::<Result<Vec<Socket>, String>>()?;
+    let bound: Vec<String> = sockets.iter().map(Socket::address).collect();
     server.start();
+    let server = Arc::new(Mutex::new(server));
+    let listeners = Listeners::accept(sockets, server.clone());
+    if settings.max_connection_age.is_zero() {
+        warn!("TYK_PLUGIN_MAX_CONNECTION_AGE=0: connections never age, so a drain cannot move clients away first; calls that race it fail");
+    }
     if settings.hmac_keys_file.is_none() {
         warn!("TYK_PLUGIN_HMAC_KEYS_FILE is not set: accepting the tyk-demo's public HMAC key; set a keys file in production");
     }
     info!(
-        "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; {} workers; \
-         clock skew {:?}; drain delay {:?}, shutdown grace {:?}; connection age {:?} + {:?}; keepalive {:?}/{:?}",
+        "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; memory for calls {} bytes; {} workers; \
+         clock skew {:?}; connection age {:?} + {:?}; shutdown grace {:?}; keepalive {:?}/{:?}",
         bound.join(", "),
         hmac.key_count(),
         settings.max_message_bytes,
+        settings.memory_limit,
         settings.workers,
         settings.clock_skew,
-        settings.drain_delay,
-        settings.shutdown_grace,
         settings.max_connection_age,
         settings.max_connection_age_grace,
+        settings.shutdown_grace,
         settings.keepalive_time,
         settings.keepalive_timeout,
     );
@@ -196,7 +218,8 @@ where
             Ok(Notice::Drained) | Err(_) => break,
         }
     }
-    Ok(drain(&mut server, &health, &settings, notify, &notices).unwrap_or_else(|code| code))
+    let mut server = server.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Ok(drain(&mut server, &listeners, &health, &settings, notify, &notices).unwrap_or_else(|code| code))
 }
 
 impl<D, E> Shared<D, E>
@@ -204,12 +227,28 @@ where
     D: Fn(Object, &mut Call) -> Object + Send + Sync + 'static,
     E: Fn(Event) + Send + Sync + 'static,
 {
-    /// On a gRPC thread: hands the call to a worker, so these threads never wait on a hook.
+    /// On a gRPC thread: hands the call to a worker, so these threads never wait on a hook, if the
+    /// memory budget has room for it.
     fn dispatch(self: &Arc<Self>, ctx: &RpcContext, message: MessageReader, sink: UnarySink<Object>) {
+        let copies = if log_enabled!(Level::Info) { COPIES_LOGGED } else { COPIES };
+        let Some(reservation) = self.budget.reserve(message.len() * copies) else {
+            let status = RpcStatus::with_message(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "the plugin's memory for calls in flight (TYK_PLUGIN_MEMORY_LIMIT) is taken: try again".into(),
+            );
+            return finish(ctx, sink.fail(status));
+        };
         let traceparent = ctx.request_headers().iter().find(|(name, _)| *name == "traceparent");
         let trace_id = traceparent.and_then(|(_, value)| logging::trace_id(value)).map(str::to_owned);
         let shared = self.clone();
-        self.pool.execute(move || Some(shared.run_dispatch(message, trace_id, sink)));
+        self.pool.execute(move || {
+            let sent = shared.run_dispatch(message, trace_id, sink);
+            // The reservation lasts until the reply is sent.
+            Some(Box::pin(async move {
+                sent.await;
+                drop(reservation);
+            }))
+        });
     }
 
     /// On a worker: the object, the hook, the reply, then the log lines. At INFO a copy of the
@@ -262,6 +301,38 @@ where
     }
 }
 
+/// What a call takes on a worker, in multiples of its message (which itself counts in core's
+/// quota until parsed): the parsed object and the reply; at INFO also the object's copy for the
+/// log (whose line shows bodies only in part).
+const COPIES: usize = 2;
+const COPIES_LOGGED: usize = 3;
+
+/// The memory for calls in flight, beside the ResourceQuota that bounds gRPC core's own buffers.
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+/// Memory taken from the budget until dropped.
+struct Reservation {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Budget {
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let fits = |used: usize| used.checked_add(bytes).filter(|&total| total <= self.limit);
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).ok()?;
+        Some(Reservation { budget: self.clone(), bytes })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// Dispatch as the server receives it: the message is parsed on the worker, not on gRPC's thread,
 /// so that the object is made and freed on one thread.
 const DISPATCH_UNPARSED: Method<MessageReader, Object> = Method {
@@ -291,51 +362,49 @@ pub(crate) fn finish(ctx: &RpcContext, sent: UnarySinkResult) {
     });
 }
 
-/// Binds one address and returns its port. gRPC core says little about a failure, in a line of
-/// its own: that line is muted, and the reason is found by trying the address directly.
-fn listen(server: &mut Server, address: &str) -> Result<u16, String> {
-    let level = log::max_level();
-    log::set_max_level(log::LevelFilter::Off);
-    let bound = server.add_listening_port(address, ServerCredentials::insecure());
-    log::set_max_level(level);
-    bound.map_err(|_| {
-        let reason = match address.strip_prefix("unix:") {
-            Some(path) => std::os::unix::net::UnixListener::bind(path.trim_start_matches("//")).err(),
-            None => std::net::TcpListener::bind(address).err(),
-        };
-        let reason = reason.map_or_else(|| "refused by gRPC".to_owned(), |error| error.to_string());
-        format!("TYK_PLUGIN_LISTEN: cannot listen on {address}: {reason}")
-    })
-}
-
-/// Graceful drain, step by step. A second SIGTERM or SIGINT at any point exits at once with
-/// 128 + its number (the `Err`); returns the exit code otherwise.
+/// Graceful drain, step by step, so that no call is lost even for a client that never checks
+/// health (the gateway). A second SIGTERM or SIGINT at any point exits at once with 128 + its
+/// number (the `Err`); returns the exit code otherwise.
+///
+/// Why the steps: gRPC core cancels every call that reaches a server after its shutdown has begun,
+/// and a client learns of the shutdown only from the GOAWAY that follows, so calls sent in between
+/// fail. A connection that reaches its maximum age gets a GOAWAY without any shutdown: its calls
+/// finish, and the client opens a new connection, which goes to another replica once this one has
+/// stopped listening.
 fn drain(
     server: &mut Server,
+    listeners: &Listeners,
     health: &Health,
     settings: &Settings,
     notify: mpsc::Sender<Notice>,
     notices: &mpsc::Receiver<Notice>,
 ) -> Result<i32, i32> {
     let started = Instant::now();
-    // 1. Health turns NOT_SERVING and ends its Watch streams.
+    // 1. Health turns NOT_SERVING and ends its Watch streams: health-checking clients leave now.
     health.start_drain();
-    // 2. Serve on for the drain delay, so health-checking clients and balancers leave first.
-    wait(notices, started + settings.drain_delay)?;
-    // 3. Refuse new calls: clients move to other replicas.
+    // 2. No new connections: clients that reconnect are refused and go to other replicas.
+    listeners.close();
+    // 3. Serve on until every connection has aged out (by 1.1 times the maximum age, with gRPC's
+    //    jitter, plus a second for the GOAWAY to arrive), or until none is left.
+    if !settings.max_connection_age.is_zero() {
+        let aged_out = started + settings.max_connection_age.mul_f64(1.1) + Duration::from_secs(1);
+        while listeners.open_connections() > 0 && Instant::now() < aged_out {
+            wait(notices, Instant::now() + Duration::from_millis(50))?;
+        }
+    }
+    // 4. Refuse new calls; answer those in flight.
     let shutdown = server.shutdown();
     std::thread::spawn(move || {
         let _ = futures_executor::block_on(shutdown);
         let _ = notify.send(Notice::Drained);
     });
-    // 4. Wait for the calls in flight to be answered, or for the grace to run out.
     if wait(notices, Instant::now() + settings.shutdown_grace)? {
         let counts = CallCounts::read()
             .map_or_else(String::new, |c| format!("; since start {} calls answered OK, {} not", c.succeeded, c.failed));
         info!("drained in {} ms{counts}", started.elapsed().as_millis());
         return Ok(0);
     }
-    // 5. Cancel what is left.
+    // 5. Past the grace, cancel what is left.
     let open = CallCounts::read().map_or_else(|| "the".into(), |c| c.open().to_string());
     warn!("shutdown grace of {:?} is over: cancelling {open} call(s) still open", settings.shutdown_grace);
     server.cancel_all_calls();

@@ -38,6 +38,8 @@ settings! {
         "comma-separated addresses; `unix:/path` for a Unix socket";
     max_message_bytes: i32 = "TYK_PLUGIN_MAX_MESSAGE_BYTES", "67108864", message_bytes,
         "largest message received or sent (64 MiB); larger calls get `RESOURCE_EXHAUSTED`";
+    memory_limit: usize = "TYK_PLUGIN_MEMORY_LIMIT", "268435456", memory_bytes,
+        "bytes the calls in flight may take (256 MiB): gRPC's buffers and each call's copies; a call beyond it gets `RESOURCE_EXHAUSTED`";
     workers: usize = "TYK_PLUGIN_WORKERS", "64", workers,
         "most threads running hook logic at once: as many as cores, more while hooks wait on I/O; calls beyond them queue in order";
     hmac_keys_file: Option<String> = "TYK_PLUGIN_HMAC_KEYS_FILE", "", path,
@@ -54,12 +56,10 @@ settings! {
         "more request headers to log as `[redacted]`, space-separated (credential headers always are)";
     log_bodies: bool = "TYK_PLUGIN_LOG_BODIES", "1", flag,
         "`0` leaves request and response bodies out of the log";
-    drain_delay: Duration = "TYK_PLUGIN_DRAIN_DELAY", "0", seconds,
-        "seconds to keep serving after SIGTERM or SIGINT with health `NOT_SERVING`, so health-checking clients leave first";
+    max_connection_age: Duration = "TYK_PLUGIN_MAX_CONNECTION_AGE", "30", seconds,
+        "seconds before a connection is asked to reconnect (±10%), so clients spread onto new replicas and a drain loses no call; `0`: never";
     shutdown_grace: Duration = "TYK_PLUGIN_SHUTDOWN_GRACE", "10", seconds,
         "seconds to answer calls in flight once new calls are refused";
-    max_connection_age: Duration = "TYK_PLUGIN_MAX_CONNECTION_AGE", "300", seconds,
-        "seconds before a connection is asked to reconnect, so clients spread onto new replicas; `0`: never";
     max_connection_age_grace: Duration = "TYK_PLUGIN_MAX_CONNECTION_AGE_GRACE", "30", seconds,
         "seconds an aged connection gets to finish its calls";
     keepalive_time: Duration = "TYK_PLUGIN_KEEPALIVE_TIME", "60", seconds,
@@ -125,6 +125,10 @@ fn is_listen_address(address: &str) -> bool {
 
 fn message_bytes(value: &str) -> Result<i32, &'static str> {
     value.parse().ok().filter(|&bytes: &i32| bytes > 0).ok_or("a whole number of bytes from 1 to 2147483647")
+}
+
+fn memory_bytes(value: &str) -> Result<usize, &'static str> {
+    value.parse().ok().filter(|&bytes: &usize| bytes >= 1 << 20).ok_or("a whole number of bytes, 1048576 or more")
 }
 
 fn workers(value: &str) -> Result<usize, &'static str> {

@@ -120,8 +120,9 @@ fn docker_compose_runs_it_under_the_demos_service_name() {
     assert_eq!(service["build"], ".");
     assert_eq!(service["ports"], serde_json::json!(["127.0.0.1:50051:50051"]), "published on loopback only");
     let stop: f64 = service["stop_grace_period"].as_str().unwrap().trim_end_matches('s').parse().unwrap();
-    let grace: f64 = service["environment"]["TYK_PLUGIN_SHUTDOWN_GRACE"].as_str().unwrap().parse().unwrap();
-    assert!(stop > grace, "Docker waits longer than the drain");
+    let setting = |name: &str| -> f64 { service["environment"][name].as_str().unwrap().parse().unwrap() };
+    let drain = 1.1 * setting("TYK_PLUGIN_MAX_CONNECTION_AGE") + 1.0 + setting("TYK_PLUGIN_SHUTDOWN_GRACE");
+    assert!(stop > drain, "Docker waits longer than the drain ({drain} s)");
     let gateway = &compose["x-tyk-gateway-environment"];
     assert_eq!(gateway["TYK_GW_COPROCESSOPTIONS_COPROCESSGRPCSERVER"], "tcp://tyk-python-grpc-server:50051");
 }
@@ -177,10 +178,21 @@ fn the_kubernetes_manifests_validate_and_fit_together() {
             .find(|e| e["name"] == name)
             .map(|e| e["value"].as_str().unwrap().to_owned())
     };
-    let grace: u64 = env("TYK_PLUGIN_SHUTDOWN_GRACE").unwrap().parse().unwrap();
-    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
-    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > pre_stop + grace);
+    let seconds = |name: &str| -> f64 { env(name).unwrap().parse().unwrap() };
+    let drain = 1.1 * seconds("TYK_PLUGIN_MAX_CONNECTION_AGE") + 1.0 + seconds("TYK_PLUGIN_SHUTDOWN_GRACE");
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_f64().unwrap();
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_f64().unwrap() > pre_stop + drain,
+        "the drain ({drain} s) ends first"
+    );
     assert!(container["resources"]["requests"]["memory"].is_string());
+    // The memory budget, and the margin the memory test allows above it, fit in the limit.
+    let mebibytes =
+        |quantity: &Value| -> u64 { quantity.as_str().unwrap().strip_suffix("Mi").unwrap().parse().unwrap() };
+    let budget: u64 = env("TYK_PLUGIN_MEMORY_LIMIT").unwrap().parse().unwrap();
+    let default = tyk_grpc_plugin::settings::SETTINGS.iter().find(|s| s.name == "TYK_PLUGIN_MEMORY_LIMIT").unwrap();
+    assert_eq!(budget.to_string(), default.default, "the manifest keeps the default budget");
+    assert!((budget >> 20) + 96 < mebibytes(&container["resources"]["limits"]["memory"]), "the budget fits the limit");
 
     let secret = of_kind("Secret");
     let keys_file = env("TYK_PLUGIN_HMAC_KEYS_FILE").unwrap();
@@ -223,8 +235,11 @@ fn the_health_check_mode_exits_0_only_for_a_serving_server() {
         Command::new(BINARY).arg("--health-check").env_clear().env("TYK_PLUGIN_LISTEN", listen).output().unwrap()
     };
     let socket = temp_dir("health-check").join("plugin.sock").display().to_string();
-    let mut plugin =
-        Plugin::start(&[("TYK_PLUGIN_LISTEN", &format!("127.0.0.1:0,unix:{socket}")), ("TYK_PLUGIN_DRAIN_DELAY", "5")]);
+    let listen = format!("127.0.0.1:0,unix:{socket}");
+    let mut plugin = Plugin::start(&[("TYK_PLUGIN_LISTEN", &listen), ("TYK_PLUGIN_MAX_CONNECTION_AGE", "10")]);
+    // A connection that stays open keeps the drain going until it ages out.
+    let client = plugin.client();
+    client.unary_call(&proto::HEALTH_CHECK, &Default::default(), call_options()).unwrap();
     let port = plugin.address.rsplit_once(':').unwrap().1.to_owned();
     for listen in [plugin.address.clone(), format!("[::]:{port}"), format!("0.0.0.0:{port}"), format!("unix:{socket}")]
     {
@@ -233,9 +248,11 @@ fn the_health_check_mode_exits_0_only_for_a_serving_server() {
     }
     plugin.signal(libc::SIGTERM);
     plugin.wait_for_line("draining", Duration::from_secs(5));
+    // Draining: new connections are refused, and the open one hears NOT_SERVING.
     let draining = health_check(&plugin.address);
-    assert_eq!(draining.status.code(), Some(1), "NOT_SERVING while draining: {}", text(&draining));
-    assert!(text(&draining).contains("NOT_SERVING"));
+    assert_eq!(draining.status.code(), Some(1), "not serving while draining: {}", text(&draining));
+    let health = client.unary_call(&proto::HEALTH_CHECK, &Default::default(), call_options()).unwrap();
+    assert_eq!(health.status, proto::ServingStatus::NOT_SERVING.into());
     let nothing = health_check(&format!("127.0.0.1:{}", free_port()));
     assert_eq!(nothing.status.code(), Some(1));
 }

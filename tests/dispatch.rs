@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ fn the_gateways_payload_comes_back_equal_field_for_field() {
     let version =
         format!("tyk-grpc-plugin {} listening on {}; 1 HMAC key(s);", env!("CARGO_PKG_VERSION"), plugin.address);
     assert!(started.contains(&version) && started.contains("messages up to 67108864 bytes"), "{started}");
-    assert!(started.contains("shutdown grace 10s") && started.contains("connection age 300s"), "{started}");
+    assert!(started.contains("shutdown grace 10s") && started.contains("connection age 30s"), "{started}");
     let sent = gateway_response_object();
     assert_eq!(sent.hook_type, HookType::Response.into());
     assert_eq!(dispatch(&plugin.client(), &sent).unwrap(), sent);
@@ -199,7 +200,6 @@ fn each_startup_error_is_one_line_naming_the_setting() {
         ("TYK_PLUGIN_MAX_MESSAGE_BYTES", "4294967296".into(), "is not a whole number of bytes"),
         ("TYK_PLUGIN_HMAC_CLOCK_SKEW", "-1".into(), "not a number of seconds"),
         ("TYK_PLUGIN_SHUTDOWN_GRACE", "ten".into(), "not a number of seconds"),
-        ("TYK_PLUGIN_DRAIN_DELAY", "1s".into(), "not a number of seconds"),
         ("TYK_PLUGIN_MAX_CONNECTION_AGE", "NaN".into(), "not a number of seconds"),
         ("TYK_PLUGIN_KEEPALIVE_TIME", "1e400".into(), "not a number of seconds"),
         ("TYK_PLUGIN_LOG_SECRETS", "yes".into(), "not 0 or 1"),
@@ -266,4 +266,52 @@ fn grpcurl_calls_dispatch_with_the_proto_files() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let reply: Object = protobuf_json_mapping::parse_from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
     assert_eq!(reply, gateway_response_object());
+}
+
+/// VmHWM, the peak resident set, of a process, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn big_bodies_beyond_the_memory_budget_get_resource_exhausted_and_the_server_serves_on() {
+    const BUDGET: u64 = 256 << 20;
+    const MARGIN: u64 = 96 << 20;
+    // Logging every object, bodies and all, to nowhere: the most memory a call takes.
+    let plugin = Plugin::start_logging_to(
+        &[("TYK_PLUGIN_MEMORY_LIMIT", &BUDGET.to_string()), ("RUST_LOG", "info")],
+        Path::new("/dev/null"),
+    );
+    let client = plugin.client();
+    let mut big = object_with_hook(HookType::Pre);
+    big.request.mut_or_insert_default().raw_body = (0..30 << 20).map(|i| (i % 251) as u8).collect();
+    let receivers: Vec<_> =
+        (0..16).map(|_| client.unary_call_async(&proto::DISPATCH, &big, call_options()).unwrap()).collect();
+    let (mut ok, mut exhausted) = (0, 0);
+    for receiver in receivers {
+        match futures_executor::block_on(receiver) {
+            Ok(reply) => {
+                assert_eq!(reply.request.raw_body.len(), 30 << 20);
+                ok += 1;
+            }
+            Err(grpcio::Error::RpcFailure(status)) if status.code() == RpcStatusCode::RESOURCE_EXHAUSTED => {
+                exhausted += 1
+            }
+            Err(other) => panic!("neither answered nor RESOURCE_EXHAUSTED: {other:?}"),
+        }
+    }
+    let peak = peak_rss(plugin.pid());
+    eprintln!(
+        "16 calls of 30 MiB under a {} MiB budget: {ok} answered, {exhausted} RESOURCE_EXHAUSTED; peak RSS {} MiB",
+        BUDGET >> 20,
+        peak >> 20
+    );
+    assert!(ok >= 1, "a call that fits is served");
+    // The margin: the process itself (about 25 MiB), and what gRPC core's buffers take beyond their
+    // quota before it reacts.
+    assert!(peak < BUDGET + MARGIN, "peak RSS {} MiB within the budget and {} MiB", peak >> 20, MARGIN >> 20);
+    let sent = object_with_hook(HookType::Post);
+    assert_eq!(dispatch(&client, &sent).unwrap(), sent, "it serves on");
 }

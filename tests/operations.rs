@@ -154,7 +154,7 @@ fn list_services() -> ServerReflectionRequest {
 
 #[test]
 fn health_turns_not_serving_on_sigterm_while_a_call_drains_then_the_process_exits_0() {
-    let mut plugin = Plugin::start(&[("TYK_PLUGIN_SHUTDOWN_GRACE", "20")]);
+    let mut plugin = Plugin::start(&[("TYK_PLUGIN_SHUTDOWN_GRACE", "20"), ("TYK_PLUGIN_MAX_CONNECTION_AGE", "1")]);
     let client = plugin.client();
     let check = |service: &str| {
         let request = HealthCheckRequest { service: service.into(), ..Default::default() };
@@ -200,7 +200,8 @@ fn drained_counts(line: &str) -> (usize, usize) {
 
 #[test]
 fn sigterm_under_load_answers_every_call_the_server_received() {
-    let mut plugin = Plugin::start(&[("RUST_LOG", "warn,tyk_grpc_plugin=info")]);
+    let mut plugin =
+        Plugin::start(&[("RUST_LOG", "warn,tyk_grpc_plugin=info"), ("TYK_PLUGIN_MAX_CONNECTION_AGE", "1")]);
     // Calls fail fast once the server is gone instead of waiting for it.
     let options = || CallOption::default().timeout(Duration::from_secs(30));
     let client = plugin.client();
@@ -262,7 +263,7 @@ fn sigterm_under_load_answers_every_call_the_server_received() {
 
 #[test]
 fn past_the_grace_open_calls_are_cancelled_and_counted_and_a_second_signal_exits_at_once() {
-    let mut plugin = Plugin::start(&[("TYK_PLUGIN_SHUTDOWN_GRACE", "0.5")]);
+    let mut plugin = Plugin::start(&[("TYK_PLUGIN_SHUTDOWN_GRACE", "0.5"), ("TYK_PLUGIN_MAX_CONNECTION_AGE", "1")]);
     let client = plugin.client();
     let _streams = [open_stream(&client), open_stream(&client)];
     let started = Instant::now();

@@ -4,8 +4,9 @@
 // gateway's is between two DNS resolutions.
 //
 // It keeps -in-flight Dispatch calls going with the serialised coprocess.Object in -payload (a
-// pass-through codec: no generated code) and prints "ok N failed M" every 100 ms, and a last line
-// "done ok N failed M codes ..." once its standard input closes.
+// pass-through codec: no generated code) and prints "ok N failed M by ADDRESS=N,..." (the calls
+// each replica answered) every 100 ms, and a last line "done ok N failed M codes ..." once its
+// standard input closes.
 //
 // Built by the tests in GOPATH mode (GO111MODULE=off) against Debian's golang-google-grpc-dev.
 package main
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -32,9 +34,12 @@ import (
 // raw passes serialised messages through as they are.
 type raw struct{}
 
-func (raw) Marshal(v interface{}) ([]byte, error)      { return *(v.(*[]byte)), nil }
-func (raw) Unmarshal(data []byte, v interface{}) error { *(v.(*[]byte)) = append([]byte(nil), data...); return nil }
-func (raw) Name() string                               { return "proto" }
+func (raw) Marshal(v interface{}) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (raw) Unmarshal(data []byte, v interface{}) error {
+	*(v.(*[]byte)) = append([]byte(nil), data...)
+	return nil
+}
+func (raw) Name() string { return "proto" }
 
 func main() {
 	targets := flag.String("targets", "", "comma-separated host:port of the plugin's replicas")
@@ -67,6 +72,7 @@ func main() {
 	var ok, failed int64
 	var mu sync.Mutex
 	codes := map[string]int{}
+	answered := map[string]int{}
 	var stop int32
 	var wg sync.WaitGroup
 	for i := 0; i < *inFlight; i++ {
@@ -76,10 +82,14 @@ func main() {
 			for atomic.LoadInt32(&stop) == 0 {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				request, reply := payload, []byte(nil)
-				err := conn.Invoke(ctx, "/coprocess.Dispatcher/Dispatch", &request, &reply, grpc.ForceCodec(raw{}))
+				var from peer.Peer
+				err := conn.Invoke(ctx, "/coprocess.Dispatcher/Dispatch", &request, &reply, grpc.ForceCodec(raw{}), grpc.Peer(&from))
 				cancel()
 				if err == nil {
 					atomic.AddInt64(&ok, 1)
+					mu.Lock()
+					answered[from.Addr.String()]++
+					mu.Unlock()
 					continue
 				}
 				atomic.AddInt64(&failed, 1)
@@ -92,7 +102,13 @@ func main() {
 
 	go func() {
 		for atomic.LoadInt32(&stop) == 0 {
-			fmt.Printf("ok %d failed %d\n", atomic.LoadInt64(&ok), atomic.LoadInt64(&failed))
+			mu.Lock()
+			var by []string
+			for address, count := range answered {
+				by = append(by, fmt.Sprintf("%s=%d", address, count))
+			}
+			mu.Unlock()
+			fmt.Printf("ok %d failed %d by %s\n", atomic.LoadInt64(&ok), atomic.LoadInt64(&failed), strings.Join(by, ","))
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
