@@ -45,6 +45,8 @@ ENV TYK_PLUGIN_LISTEN="[::]:50051" \
     TYK_PLUGIN_MAX_CONNECTION_AGE_GRACE=30 \
     TYK_PLUGIN_KEEPALIVE_TIME=60 \
     TYK_PLUGIN_KEEPALIVE_TIMEOUT=20 \
+    TYK_PLUGIN_METRICS_LISTEN="" \
+    TYK_PLUGIN_LOG_FORMAT=text \
     RUST_LOG=info
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 CMD ["tyk-grpc-plugin", "--health-check"]

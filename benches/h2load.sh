@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side by side with h2load (Debian's nghttp2-client), an HTTP/2 load tool independent of gRPC's own
-# clients, on the gateway's Response payload: tyk-grpc-plugin logging at INFO to a file and at WARN,
+# clients, on the gateway's Response payload: tyk-grpc-plugin logging at INFO to a file, at WARN, and
+# at WARN with its metrics on,
 # the no-op echo server (benches/dispatch.rs), and optionally a baseline build of tyk-grpc-plugin
 # (BASELINE=path/to/binary, e.g. the previous release, at INFO and WARN) and a peer such as the
 # Python original. Rounds alternate between the servers, so a noisy machine slows them alike; one
@@ -34,6 +35,8 @@ printf '\0\0\0\0\0' >"$work/empty.bin" # an empty gRPC message: a HealthCheckReq
 targets=()
 start plugin-info info target/release/tyk-grpc-plugin && targets+=("plugin-info 127.0.0.1:$port $calls") && info_pid=$pid
 start plugin-warn warn target/release/tyk-grpc-plugin && targets+=("plugin-warn 127.0.0.1:$port $calls")
+TYK_PLUGIN_METRICS_LISTEN=127.0.0.1:$(free_port) start plugin-metrics warn target/release/tyk-grpc-plugin &&
+  targets+=("plugin-metrics 127.0.0.1:$port $calls")
 if [ -n "$baseline" ]; then
   start baseline-info info "$baseline" && targets+=("baseline-info 127.0.0.1:$port $calls")
   start baseline-warn warn "$baseline" && targets+=("baseline-warn 127.0.0.1:$port $calls")

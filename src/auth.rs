@@ -269,6 +269,7 @@ impl Hmac {
             Some(path) => load_checked(path).map_err(|e| format!("TYK_PLUGIN_HMAC_KEYS_FILE={path}: {e}"))?,
             None => Keys::demo(),
         };
+        crate::metrics::metrics().keys_loaded(keys.len());
         Ok(Hmac { keys: RwLock::new(Arc::new(keys)), keys_file, policy })
     }
 
@@ -289,9 +290,14 @@ impl Hmac {
         match load_checked(path) {
             Ok(keys) => {
                 log::info!("SIGHUP: reloaded {path}: {} key(s)", keys.len());
+                crate::metrics::metrics().keys_loaded(keys.len());
+                crate::metrics::metrics().key_reload(true);
                 *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
             }
-            Err(error) => log::warn!("SIGHUP: keeping the current keys: {path}: {error}"),
+            Err(error) => {
+                log::warn!("SIGHUP: keeping the current keys: {path}: {error}");
+                crate::metrics::metrics().key_reload(false);
+            }
         }
     }
 }
@@ -311,7 +317,12 @@ fn load_checked(path: &str) -> Result<Keys, String> {
 /// The decision goes to the call's log.
 pub fn authenticate(object: &mut Object, call: &mut Call) {
     let keys = call.hmac.keys();
-    match decide(object, &keys, &call.hmac.policy, SystemTime::now()) {
+    let decision = decide(object, &keys, &call.hmac.policy, SystemTime::now());
+    match &decision {
+        Ok(_) => crate::metrics::metrics().decision(0, "none"),
+        Err(refusal) => crate::metrics::metrics().decision(refusal.status, refusal.class),
+    }
+    match decision {
         Ok(accepted) => call.log(format_args!(
             "authorised keyId={:?}{}",
             crate::logging::shorten(&accepted.key.id),
@@ -359,19 +370,20 @@ fn decide<'k>(object: &mut Object, keys: &'k Keys, policy: &Policy, now: SystemT
 }
 
 /// Why a request was refused: `status` 400 (malformed) or 401 (not authorised); `reason` is for
-/// the log only and never holds a secret.
+/// the log only and never holds a secret; `class` is one of a few words, for the metrics.
 #[derive(Debug, PartialEq)]
 pub struct Refusal {
     pub status: i32,
     pub reason: &'static str,
+    pub class: &'static str,
 }
 
 fn bad_request(reason: &'static str) -> Refusal {
-    Refusal { status: 400, reason }
+    Refusal { status: 400, reason, class: "malformed" }
 }
 
-fn unauthorised(reason: &'static str) -> Refusal {
-    Refusal { status: 401, reason }
+fn unauthorised(class: &'static str, reason: &'static str) -> Refusal {
+    Refusal { status: 401, reason, class }
 }
 
 /// An accepted request: its key, and whether `(request-target)` matched only in Tyk's form
@@ -397,9 +409,13 @@ pub fn verify<'k>(
 ) -> Result<Accepted<'k>, Refusal> {
     let authorization = header(request, "authorization").ok_or(bad_request("no Authorization header"))?;
     let params = parse_authorization(authorization)?;
-    let algorithm = Algorithm::from_name(params.algorithm).ok_or(bad_request("unsupported algorithm"))?;
+    let algorithm = Algorithm::from_name(params.algorithm)
+        .ok_or(Refusal { class: "algorithm", ..bad_request("unsupported algorithm") })?;
     if !policy.algorithms.contains(&algorithm) {
-        return Err(bad_request("algorithm not allowed here (TYK_PLUGIN_HMAC_ALGORITHMS)"));
+        return Err(Refusal {
+            class: "algorithm",
+            ..bad_request("algorithm not allowed here (TYK_PLUGIN_HMAC_ALGORITHMS)")
+        });
     }
     let date = header(request, "x-aux-date")
         .or_else(|| header(request, "date"))
@@ -410,6 +426,7 @@ pub fn verify<'k>(
         let covered = names.iter().any(|name| name == required || (required == "date" && name == "x-aux-date"));
         if !covered {
             return Err(unauthorised(
+                "required_headers",
                 "the signature does not cover a required header (TYK_PLUGIN_HMAC_REQUIRED_HEADERS)",
             ));
         }
@@ -417,7 +434,8 @@ pub fn verify<'k>(
     if names.iter().any(|name| name == "digest") {
         check_digest(request)?;
     }
-    let signature = decode_signature(params.signature).ok_or(unauthorised("the signature is not base64"))?;
+    let signature =
+        decode_signature(params.signature).ok_or(unauthorised("signature", "the signature is not base64"))?;
 
     // Both (request-target) forms are tried only when they differ: the draft's (path and query)
     // first, then Tyk's (the path alone).
@@ -432,18 +450,18 @@ pub fn verify<'k>(
         true => false,
         false if tyk.as_deref().is_some_and(matches) => true,
         false => {
-            key.ok_or(unauthorised("unknown keyId"))?;
-            return Err(unauthorised("the signature does not match"));
+            key.ok_or(unauthorised("unknown_key", "unknown keyId"))?;
+            return Err(unauthorised("signature", "the signature does not match"));
         }
     };
-    let key = key.ok_or(unauthorised("unknown keyId"))?;
+    let key = key.ok_or(unauthorised("unknown_key", "unknown keyId"))?;
     if !policy.clock_skew.is_zero() {
         let skew = match now.duration_since(signed_at) {
             Ok(age) => age,
             Err(early) => early.duration(),
         };
         if skew > policy.clock_skew {
-            return Err(unauthorised("the date is outside the allowed clock skew"));
+            return Err(unauthorised("date", "the date is outside the allowed clock skew"));
         }
     }
     Ok(Accepted { key, path_only_target })
@@ -602,7 +620,7 @@ fn check_digest(request: &MiniRequestObject) -> Result<(), Refusal> {
         .map_err(|_| bad_request("the Digest value is not base64"))?;
     match digest::digest(algorithm, &request.raw_body).as_ref() == claimed.as_slice() {
         true => Ok(()),
-        false => Err(unauthorised("the Digest does not match the body")),
+        false => Err(unauthorised("digest", "the Digest does not match the body")),
     }
 }
 

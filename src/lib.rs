@@ -6,6 +6,7 @@ mod health;
 pub mod json;
 mod listener;
 pub mod logging;
+pub mod metrics;
 mod pool;
 pub mod proto;
 mod reflection;

@@ -20,6 +20,7 @@ use crate::health::Health;
 use crate::json::Json;
 use crate::listener::{Listeners, Socket};
 use crate::logging::{self, Redaction};
+use crate::metrics::{self, metrics};
 use crate::pool::{Pool, Unfinished};
 use crate::proto::{self, Event, EventReply, Object};
 use crate::settings::{self, Settings};
@@ -104,7 +105,7 @@ where
     D: Fn(Object, &mut Call) -> Object + Send + Sync + 'static,
     E: Fn(Event) + Send + Sync + 'static,
 {
-    logging::init(&settings.log_filter);
+    logging::init(&settings.log_filter, settings.log_format);
     // Big messages' buffers are mapped and unmapped on their own, so their memory goes back to
     // the system when freed. glibc would otherwise raise this threshold to the largest block freed
     // so far and keep later ones in its arenas, where one thread's freed block is no use to the
@@ -177,6 +178,9 @@ where
     server.start();
     let server = Arc::new(Mutex::new(server));
     let listeners = Listeners::accept(sockets, server.clone());
+    if let Some(address) = &settings.metrics_listen {
+        metrics::serve(address)?;
+    }
     if settings.max_connection_age.is_zero() {
         warn!("TYK_PLUGIN_MAX_CONNECTION_AGE=0: connections never age, so a drain cannot move clients away first; calls that race it fail");
     }
@@ -231,7 +235,10 @@ where
     /// memory budget has room for it.
     fn dispatch(self: &Arc<Self>, ctx: &RpcContext, message: MessageReader, sink: UnarySink<Object>) {
         let copies = if log_enabled!(Level::Info) { COPIES_LOGGED } else { COPIES };
+        let arrived = Instant::now();
+        metrics().received(message.len());
         let Some(reservation) = self.budget.reserve(message.len() * copies) else {
+            metrics().answered(None, RpcStatusCode::RESOURCE_EXHAUSTED, arrived.elapsed());
             let status = RpcStatus::with_message(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 "the plugin's memory for calls in flight (TYK_PLUGIN_MEMORY_LIMIT) is taken: try again".into(),
@@ -242,7 +249,7 @@ where
         let trace_id = traceparent.and_then(|(_, value)| logging::trace_id(value)).map(str::to_owned);
         let shared = self.clone();
         self.pool.execute(move || {
-            let sent = shared.run_dispatch(message, trace_id, sink);
+            let sent = shared.run_dispatch(message, trace_id, arrived, sink);
             // The reservation lasts until the reply is sent.
             Some(Box::pin(async move {
                 sent.await;
@@ -258,31 +265,36 @@ where
         &self,
         mut message: MessageReader,
         trace_id: Option<String>,
+        arrived: Instant,
         sink: UnarySink<Object>,
     ) -> Unfinished {
         let mut object = Object::new();
         if let Err(error) = object.merge_from(&mut CodedInputStream::from_buf_read(&mut message)) {
+            metrics().answered(None, RpcStatusCode::INVALID_ARGUMENT, arrived.elapsed());
             let status =
                 RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, format!("not a coprocess.Object: {error}"));
             return until_sent(sink.fail(status));
         }
+        let hook = object.hook_type.enum_value().ok();
         drop(message);
         let received = log_enabled!(Level::Info).then(|| object.clone());
         let mut call = Call { trace_id, hmac: self.hmac.clone(), notes: Vec::new() };
         // A panic in hook logic fails this one call, not the worker.
-        let sent = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.hooks.dispatch)(object, &mut call))) {
-            Ok(reply) => sink.success(reply),
+        let (sent, code) = match std::panic::catch_unwind(AssertUnwindSafe(|| (self.hooks.dispatch)(object, &mut call)))
+        {
+            Ok(reply) => (sink.success(reply), RpcStatusCode::OK),
             Err(_) => {
                 call.log(format_args!("failed: the hook panicked"));
-                sink.fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this call".into()))
+                let status = RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this call".into());
+                (sink.fail(status), RpcStatusCode::INTERNAL)
             }
         };
+        metrics().answered(hook, code, arrived.elapsed());
         if let Some(mut received) = received {
-            let label = logging::call_label(&received, call.trace_id());
             logging::redact(&mut received, &self.redaction);
-            info!("{label} {}", Json(&received));
+            logging::log_call(&received, call.trace_id(), "", Some(&Json(&received)));
             for note in &call.notes {
-                info!("{label} {note}");
+                logging::log_call(&received, call.trace_id(), note, None);
             }
         }
         until_sent(sent)
@@ -291,14 +303,26 @@ where
     fn dispatch_event(self: &Arc<Self>, event: Event, sink: UnarySink<EventReply>) {
         let shared = self.clone();
         self.pool.execute(move || {
-            let sent = match std::panic::catch_unwind(AssertUnwindSafe(|| (shared.hooks.dispatch_event)(event))) {
-                Ok(()) => sink.success(EventReply::new()),
-                Err(_) => sink
-                    .fail(RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this event".into())),
+            let event_type = serde_json::from_str::<EventType>(&event.payload).ok().and_then(|payload| payload.event);
+            let (sent, code) = match std::panic::catch_unwind(AssertUnwindSafe(|| (shared.hooks.dispatch_event)(event)))
+            {
+                Ok(()) => (sink.success(EventReply::new()), RpcStatusCode::OK),
+                Err(_) => {
+                    let status =
+                        RpcStatus::with_message(RpcStatusCode::INTERNAL, "the plugin failed on this event".into());
+                    (sink.fail(status), RpcStatusCode::INTERNAL)
+                }
             };
+            metrics().event(event_type.as_deref(), code);
             Some(until_sent(sent))
         });
     }
+}
+
+/// The one field of an event's payload the metrics read.
+#[derive(serde::Deserialize)]
+struct EventType {
+    event: Option<String>,
 }
 
 /// What a call takes on a worker, in multiples of its message (which itself counts in core's

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::auth::Algorithm;
+use crate::logging::Format;
 
 /// One row of the table, as `--help` and the README show it.
 pub struct Setting {
@@ -66,6 +67,10 @@ settings! {
         "seconds between pings on a connection, so dead gateways' connections are closed; `0`: no pings";
     keepalive_timeout: Duration = "TYK_PLUGIN_KEEPALIVE_TIMEOUT", "20", seconds,
         "seconds to wait for a ping's answer";
+    metrics_listen: Option<String> = "TYK_PLUGIN_METRICS_LISTEN", "", metrics_address,
+        "host:port to serve Prometheus metrics on, at `GET /metrics`; unset: no metrics";
+    log_format: Format = "TYK_PLUGIN_LOG_FORMAT", "text", log_format,
+        "`json`: each log line one JSON object (timestamp, level, message; a call's hook, name, api, trace and object as fields)";
     log_filter: String = "RUST_LOG", "info", log_filter,
         "`info` logs every object; `warn` logs only problems (and builds no JSON at all)";
 }
@@ -127,6 +132,14 @@ fn message_bytes(value: &str) -> Result<i32, &'static str> {
     value.parse().ok().filter(|&bytes: &i32| bytes > 0).ok_or("a whole number of bytes from 1 to 2147483647")
 }
 
+fn metrics_address(value: &str) -> Result<Option<String>, &'static str> {
+    match value {
+        "" => Ok(None),
+        _ if !value.starts_with("unix:") && is_listen_address(value) => Ok(Some(value.to_owned())),
+        _ => Err("host:port"),
+    }
+}
+
 fn memory_bytes(value: &str) -> Result<usize, &'static str> {
     value.parse().ok().filter(|&bytes: &usize| bytes >= 1 << 20).ok_or("a whole number of bytes, 1048576 or more")
 }
@@ -171,6 +184,14 @@ fn algorithms(value: &str) -> Result<Vec<Algorithm>, &'static str> {
     algorithms
         .filter(|algorithms| !algorithms.is_empty())
         .ok_or("a comma-separated list of hmac-sha1, hmac-sha256, hmac-sha384, hmac-sha512, rsa-sha256")
+}
+
+fn log_format(value: &str) -> Result<Format, &'static str> {
+    match value {
+        "text" => Ok(Format::Text),
+        "json" => Ok(Format::Json),
+        _ => Err("text or json"),
+    }
 }
 
 fn log_filter(value: &str) -> Result<String, &'static str> {

@@ -214,10 +214,20 @@ fn the_kubernetes_manifests_validate_and_fit_together() {
     let names: Vec<String> =
         container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect();
     let mut settings: Vec<(String, String)> = names.iter().map(|name| (name.clone(), env(name).unwrap())).collect();
-    settings.retain(|(name, _)| name != "TYK_PLUGIN_HMAC_KEYS_FILE");
+    // Here, the keys file written above, and a free port for the metrics.
+    settings.retain(|(name, _)| name != "TYK_PLUGIN_HMAC_KEYS_FILE" && name != "TYK_PLUGIN_METRICS_LISTEN");
     settings.push(("TYK_PLUGIN_HMAC_KEYS_FILE".into(), keys_path.to_str().unwrap().into()));
+    settings.push(("TYK_PLUGIN_METRICS_LISTEN".into(), format!("127.0.0.1:{}", free_port())));
     let settings: Vec<(&str, &str)> = settings.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
     Plugin::start(&settings).wait_for_line("2 HMAC key(s)", Duration::from_secs(5));
+
+    // Metrics on, on the named port the scrape annotations give.
+    let metrics = env("TYK_PLUGIN_METRICS_LISTEN").unwrap();
+    let port = container["ports"].as_array().unwrap().iter().find(|port| port["name"] == "metrics").unwrap();
+    assert!(metrics.ends_with(&format!(":{}", port["containerPort"])), "{metrics}");
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port["containerPort"].to_string());
 
     let service = of_kind("Service");
     assert_eq!(service["spec"]["clusterIP"], "None", "headless, for dns:/// round robin");
