@@ -27,11 +27,14 @@ pub fn init(filter: &str, format: Format) {
                     write!(out, "[{timestamp} {:<5} {}] ", record.level(), record.target())?;
                     match &fields.hook {
                         Some(hook) => {
-                            let trace = fields.trace.as_ref().map_or("-".into(), ToString::to_string);
-                            write!(out, "hook={hook} name={:?} api={:?} trace={trace}", fields.name, fields.api)?;
-                            let message = record.args().to_string();
-                            if !message.is_empty() {
-                                write!(out, " {message}")?;
+                            write!(out, "hook={hook} name={:?} api={:?} trace=", fields.name, fields.api)?;
+                            match &fields.trace {
+                                Some(trace) => write!(out, "{trace}")?,
+                                None => out.write_all(b"-")?,
+                            }
+                            // An object line's message is the empty literal; a note's is not.
+                            if record.args().as_str() != Some("") {
+                                write!(out, " {}", record.args())?;
                             }
                         }
                         None => write!(out, "{}", record.args())?,
@@ -67,12 +70,12 @@ pub fn init(filter: &str, format: Format) {
     log::set_max_level(level);
 }
 
-/// The fields of a call's line, passed to `log` as key-values (see `log_call`).
+/// The fields of a call's line, passed to `log` as key-values (see `log_object`).
 #[derive(Default)]
 struct CallFields<'kvs> {
     hook: Option<log::kv::Value<'kvs>>,
-    name: String,
-    api: String,
+    name: &'kvs str,
+    api: &'kvs str,
     trace: Option<log::kv::Value<'kvs>>,
     object: Option<log::kv::Value<'kvs>>,
 }
@@ -81,8 +84,8 @@ impl<'kvs> log::kv::VisitSource<'kvs> for CallFields<'kvs> {
     fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
         match key.as_str() {
             "hook" => self.hook = Some(value),
-            "name" => self.name = value.to_string(),
-            "api" => self.api = value.to_string(),
+            "name" => self.name = value.to_borrowed_str().unwrap_or_default(),
+            "api" => self.api = value.to_borrowed_str().unwrap_or_default(),
             "trace" => self.trace = Some(value),
             "object" => self.object = Some(value),
             _ => {}
@@ -91,20 +94,31 @@ impl<'kvs> log::kv::VisitSource<'kvs> for CallFields<'kvs> {
     }
 }
 
-/// One line about a call, at INFO: its hook, plugin name, API and trace id as fields, then
-/// `message` (may be empty) and, if given, the object as JSON.
-pub fn log_call(object: &Object, trace: Option<&str>, message: &str, json: Option<&crate::json::Json>) {
-    let hook = HookName(object);
-    let name = shorten(&object.hook_name);
-    let api = shorten(object.spec.get("APIID").map_or("", String::as_str));
-    match (trace, json) {
-        (Some(trace), Some(json)) => {
-            log::info!(hook:% = hook, name = name, api = api, trace = trace, object:% = json; "{message}")
-        }
-        (None, Some(json)) => log::info!(hook:% = hook, name = name, api = api, object:% = json; "{message}"),
-        (Some(trace), None) => log::info!(hook:% = hook, name = name, api = api, trace = trace; "{message}"),
-        (None, None) => log::info!(hook:% = hook, name = name, api = api; "{message}"),
+/// The line of a call's received object, at INFO: its hook, plugin name, API and trace id as
+/// fields, and the object as JSON.
+pub fn log_object(object: &Object, trace: Option<&str>) {
+    let (hook, name, api, json) = (HookName(object), name(object), api(object), crate::json::Json(object));
+    match trace {
+        Some(trace) => log::info!(hook:% = hook, name = name, api = api, trace = trace, object:% = json; ""),
+        None => log::info!(hook:% = hook, name = name, api = api, object:% = json; ""),
     }
+}
+
+/// A further line about a call (a hook's `Call::log`), at INFO, with the same fields.
+pub fn log_note(object: &Object, trace: Option<&str>, note: &str) {
+    let (hook, name, api) = (HookName(object), name(object), api(object));
+    match trace {
+        Some(trace) => log::info!(hook:% = hook, name = name, api = api, trace = trace; "{note}"),
+        None => log::info!(hook:% = hook, name = name, api = api; "{note}"),
+    }
+}
+
+fn name(object: &Object) -> &str {
+    shorten(&object.hook_name)
+}
+
+fn api(object: &Object) -> &str {
+    shorten(object.spec.get("APIID").map_or("", String::as_str))
 }
 
 /// The hook type by name, or its number when this build does not know it.

@@ -17,7 +17,6 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::auth::{Hmac, Policy};
 use crate::health::Health;
-use crate::json::Json;
 use crate::listener::{Listeners, Socket};
 use crate::logging::{self, Redaction};
 use crate::metrics::{self, metrics};
@@ -292,9 +291,9 @@ where
         metrics().answered(hook, code, arrived.elapsed());
         if let Some(mut received) = received {
             logging::redact(&mut received, &self.redaction);
-            logging::log_call(&received, call.trace_id(), "", Some(&Json(&received)));
+            logging::log_object(&received, call.trace_id());
             for note in &call.notes {
-                logging::log_call(&received, call.trace_id(), note, None);
+                logging::log_note(&received, call.trace_id(), note);
             }
         }
         until_sent(sent)

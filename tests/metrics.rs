@@ -134,30 +134,28 @@ fn a_bad_metrics_address_stops_the_start_naming_the_setting() {
     }
 }
 
+/// `promtool check metrics` on `text`.
+fn promtool_check(text: &str) -> std::process::Output {
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool.wait_with_output().unwrap()
+}
+
 #[test]
 #[ignore = "needs promtool (prometheus)"]
 fn promtool_accepts_the_metrics() {
     let (plugin, metrics) = with_metrics(&[("RUST_LOG", "warn")]);
     dispatch(&plugin.client(), &object_with_hook(HookType::Pre)).unwrap();
     dispatch(&plugin.client(), &key_check(&[])).unwrap();
-    let mut promtool = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool.stdin.take().unwrap().write_all(scrape(&metrics).as_bytes()).unwrap();
-    let checked = promtool.wait_with_output().unwrap();
+    let checked = promtool_check(&scrape(&metrics));
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
-    // It fails what it should: a counter without _total, a metric without help.
-    let mut promtool = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool.stdin.take().unwrap().write_all(b"# TYPE calls counter\ncalls 1\n").unwrap();
-    assert!(!promtool.wait_with_output().unwrap().status.success());
+    // It fails what it should: a counter without _total.
+    assert!(!promtool_check("# TYPE calls counter\ncalls 1\n").status.success());
 }
 
 /// A Prometheus server scraping `target` every second, killed when dropped.
