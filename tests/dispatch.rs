@@ -299,6 +299,14 @@ fn big_bodies_beyond_the_memory_budget_get_resource_exhausted_and_the_server_ser
             Err(grpcio::Error::RpcFailure(status)) if status.code() == RpcStatusCode::RESOURCE_EXHAUSTED => {
                 exhausted += 1
             }
+            // gRPC core under memory pressure also closes a connection that has no stream open at
+            // that instant (benign_reclaimer_locked in chttp2_transport.cc: a GOAWAY, "Buffers
+            // full"); a call racing it is refused so. Rare: 1 run in about 100.
+            Err(grpcio::Error::RpcFailure(status))
+                if status.code() == RpcStatusCode::UNAVAILABLE && status.message().contains("Buffers full") =>
+            {
+                exhausted += 1
+            }
             Err(other) => panic!("neither answered nor RESOURCE_EXHAUSTED: {other:?}"),
         }
     }
