@@ -247,14 +247,7 @@ where
         let traceparent = ctx.request_headers().iter().find(|(name, _)| *name == "traceparent");
         let trace_id = traceparent.and_then(|(_, value)| logging::trace_id(value)).map(str::to_owned);
         let shared = self.clone();
-        self.pool.execute(move || {
-            let sent = shared.run_dispatch(message, trace_id, arrived, sink);
-            // The reservation lasts until the reply is sent.
-            Some(Box::pin(async move {
-                sent.await;
-                drop(reservation);
-            }))
-        });
+        self.pool.execute(move || Some(shared.run_dispatch(message, trace_id, arrived, reservation, sink)));
     }
 
     /// On a worker: the object, the hook, the reply, then the log lines. At INFO a copy of the
@@ -265,6 +258,7 @@ where
         mut message: MessageReader,
         trace_id: Option<String>,
         arrived: Instant,
+        reservation: Reservation,
         sink: UnarySink<Object>,
     ) -> Unfinished {
         let mut object = Object::new();
@@ -272,7 +266,7 @@ where
             metrics().answered(None, RpcStatusCode::INVALID_ARGUMENT, arrived.elapsed());
             let status =
                 RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, format!("not a coprocess.Object: {error}"));
-            return until_sent(sink.fail(status));
+            return until_sent(sink.fail(status), None);
         }
         let hook = object.hook_type.enum_value().ok();
         drop(message);
@@ -296,7 +290,8 @@ where
                 logging::log_note(&received, call.trace_id(), note);
             }
         }
-        until_sent(sent)
+        // The reservation lasts until the reply is sent.
+        until_sent(sent, Some(reservation))
     }
 
     fn dispatch_event(self: &Arc<Self>, event: Event, sink: UnarySink<EventReply>) {
@@ -313,7 +308,7 @@ where
                 }
             };
             metrics().event(event_type.as_deref(), code);
-            Some(until_sent(sent))
+            Some(until_sent(sent, None))
         });
     }
 }
@@ -366,10 +361,11 @@ const DISPATCH_UNPARSED: Method<MessageReader, Object> = Method {
 };
 
 /// gRPC cancels a call whose reply is dropped before the client's side has closed, so the worker
-/// keeps it until it is sent.
-fn until_sent(sent: UnarySinkResult) -> Unfinished {
+/// keeps it until it is sent, and with it the call's memory reservation.
+fn until_sent(sent: UnarySinkResult, reservation: Option<Reservation>) -> Unfinished {
     Box::pin(async move {
         let _ = sent.await;
+        drop(reservation);
     })
 }
 
