@@ -30,7 +30,9 @@ const STUCK_AFTER: Duration = Duration::from_millis(2);
 /// without the wake-up of a sleeping thread: tens of microseconds on a virtual machine, a fifth of
 /// a call's time when a client sends one call after another. The looking worker gives its core to
 /// any thread that wants it at every turn, one worker looks at most, and when jobs come seldom
-/// none looks, so they cost no more processor time than their own.
+/// none looks, so they cost no more processor time than their own. Under a processor quota (a
+/// container's CPU limit) none looks: the time spent looking would count against the quota, and
+/// once it is used up the kernel stops every thread of the server until the next period.
 const LOOK_FOR: Duration = Duration::from_micros(200);
 
 pub struct Pool {
@@ -42,6 +44,8 @@ pub struct Pool {
     work_arrived: Condvar,
     cores: usize,
     max_workers: usize,
+    /// LOOK_FOR, or zero under a processor quota.
+    look_for: Duration,
 }
 
 struct Queue {
@@ -61,6 +65,11 @@ struct Queue {
 impl Pool {
     /// A pool of as many workers as `cores` that grows up to `max_workers` while hooks block.
     pub fn new(cores: usize, max_workers: usize) -> Arc<Pool> {
+        let look_for = if cpu_quota_set(&read_file) { Duration::ZERO } else { LOOK_FOR };
+        Pool::looking_for(look_for, cores, max_workers)
+    }
+
+    fn looking_for(look_for: Duration, cores: usize, max_workers: usize) -> Arc<Pool> {
         let queue = Queue {
             jobs: VecDeque::new(),
             workers: HashMap::new(),
@@ -79,6 +88,7 @@ impl Pool {
             work_arrived: Condvar::new(),
             cores,
             max_workers,
+            look_for,
         });
         if max_workers > cores {
             let watched = pool.clone();
@@ -88,6 +98,11 @@ impl Pool {
             }
         }
         pool
+    }
+
+    /// Whether a worker out of jobs looks for the next one before it sleeps (see LOOK_FOR).
+    pub fn looks(&self) -> bool {
+        !self.look_for.is_zero()
     }
 
     /// Runs `job` on a worker: the one looking for a job, an idle one, a new one while there are
@@ -140,7 +155,7 @@ impl Pool {
                 queue = self.lock();
                 queue.workers.insert(number, None);
                 looked = false;
-            } else if !looked && !queue.looking && queue.arrival_gap < LOOK_FOR {
+            } else if !looked && !queue.looking && queue.arrival_gap < self.look_for {
                 queue.looking = true;
                 drop(queue);
                 self.look_for_job(&mut unfinished);
@@ -187,10 +202,10 @@ impl Pool {
         }
     }
 
-    /// Looks for a job for up to LOOK_FOR, seeing meanwhile to what earlier jobs left.
+    /// Looks for a job for up to `look_for`, seeing meanwhile to what earlier jobs left.
     fn look_for_job(&self, unfinished: &mut Vec<Unfinished>) {
         let started = Instant::now();
-        while self.queued.load(Ordering::Relaxed) == 0 && started.elapsed() < LOOK_FOR {
+        while self.queued.load(Ordering::Relaxed) == 0 && started.elapsed() < self.look_for {
             poll(unfinished);
             std::thread::yield_now();
         }
@@ -207,6 +222,31 @@ impl Pool {
 fn poll(unfinished: &mut Vec<Unfinished>) {
     let mut context = Context::from_waker(Waker::noop());
     unfinished.retain_mut(|future| future.as_mut().poll(&mut context).is_pending());
+}
+
+/// Whether a cgroup processor quota applies to this process, read as `read` finds the files.
+/// /proc/self/cgroup names the process's group: `0::/path` under cgroup v2 (a quota in `cpu.max`,
+/// "max" for none), `N:cpu,cpuacct:/path` under v1 (`cpu.cfs_quota_us`, -1 for none). A container
+/// sees its own group at the mount's root when the path given is not there.
+fn cpu_quota_set(read: &dyn Fn(&str) -> Option<String>) -> bool {
+    let Some(groups) = read("/proc/self/cgroup") else { return false };
+    groups.lines().any(|line| {
+        let mut fields = line.splitn(3, ':').skip(1);
+        let (Some(controllers), Some(path)) = (fields.next(), fields.next()) else { return false };
+        let (mount, file) = match controllers {
+            "" => ("/sys/fs/cgroup".to_owned(), "cpu.max"),
+            _ if controllers.split(',').any(|controller| controller == "cpu") => {
+                (format!("/sys/fs/cgroup/{controllers}"), "cpu.cfs_quota_us")
+            }
+            _ => return false,
+        };
+        let quota = read(&format!("{mount}{path}/{file}")).or_else(|| read(&format!("{mount}/{file}")));
+        quota.is_some_and(|quota| !matches!(quota.split_whitespace().next(), None | Some("max" | "-1")))
+    })
+}
+
+fn read_file(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 #[cfg(test)]
@@ -240,17 +280,51 @@ mod tests {
     fn jobs_that_come_one_after_another_each_run_whether_a_worker_looks_or_sleeps() {
         // Gaps around LOOK_FOR: a job comes while a worker looks, as it stops looking, or while
         // every worker sleeps. A job the workers missed would never run and fail the wait below.
-        let pool = Pool::new(2, 2);
-        let (done, finished) = mpsc::channel();
-        for i in 0..2000u64 {
-            let done = done.clone();
-            pool.execute(move || {
-                done.send(()).unwrap();
-                None
-            });
-            finished.recv_timeout(Duration::from_secs(10)).expect("the job ran");
-            std::thread::sleep(LOOK_FOR * (i % 5) as u32 / 2);
+        // Under a processor quota no worker looks.
+        for look_for in [LOOK_FOR, Duration::ZERO] {
+            let pool = Pool::looking_for(look_for, 2, 2);
+            let (done, finished) = mpsc::channel();
+            for i in 0..1000u64 {
+                let done = done.clone();
+                pool.execute(move || {
+                    done.send(()).unwrap();
+                    None
+                });
+                finished.recv_timeout(Duration::from_secs(10)).expect("the job ran");
+                std::thread::sleep(LOOK_FOR * (i % 5) as u32 / 2);
+            }
         }
+    }
+
+    /// cpu_quota_set where /proc/self/cgroup holds `groups` and `path`, holding `text`, is the only
+    /// other file.
+    fn quota_found(groups: &str, path: &str, text: &str) -> bool {
+        cpu_quota_set(&|name: &str| match name {
+            "/proc/self/cgroup" => Some(groups.to_owned()),
+            _ if name == path => Some(text.to_owned()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_processor_quota_is_found_under_cgroup_v2_and_v1() {
+        let v2 = "0::/kubepods/pod1/container\n";
+        assert!(quota_found(v2, "/sys/fs/cgroup/kubepods/pod1/container/cpu.max", "50000 100000\n"));
+        assert!(!quota_found(v2, "/sys/fs/cgroup/kubepods/pod1/container/cpu.max", "max 100000\n"));
+        // A container's own group is the mount's root when the path it is shown is not there.
+        assert!(quota_found(v2, "/sys/fs/cgroup/cpu.max", "150000 100000\n"));
+        assert!(quota_found("0::/\n", "/sys/fs/cgroup/cpu.max", "50000 100000\n"));
+
+        let v1 = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n";
+        assert!(quota_found(v1, "/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "50000\n"));
+        assert!(!quota_found(v1, "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n"));
+        // Only the cpu controller's line counts: cpuacct alone is no quota.
+        let v1_apart = "3:cpuacct:/a\n2:memory:/a\n1:cpu:/a\n";
+        assert!(quota_found(v1_apart, "/sys/fs/cgroup/cpu/a/cpu.cfs_quota_us", "20000\n"));
+        assert!(!quota_found(v1_apart, "/sys/fs/cgroup/cpuacct/a/cpu.cfs_quota_us", "20000\n"));
+
+        assert!(!cpu_quota_set(&|_: &str| None), "no /proc: no quota known");
+        assert!(!quota_found("garbage\n0::\n", "/sys/fs/cgroup/cpu.max", "\n"));
     }
 
     #[test]

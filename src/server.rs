@@ -134,6 +134,7 @@ where
         },
     });
     let events = shared.clone();
+    let workers_look = shared.pool.looks();
     let service = ServiceBuilder::new()
         .add_unary_handler(&DISPATCH_UNPARSED, move |ctx, message, sink| shared.dispatch(&ctx, message, sink))
         .add_unary_handler(&proto::DISPATCH_EVENT, move |_, event, sink| events.dispatch_event(event, sink))
@@ -187,13 +188,14 @@ where
         warn!("TYK_PLUGIN_HMAC_KEYS_FILE is not set: accepting the tyk-demo's public HMAC key; set a keys file in production");
     }
     info!(
-        "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; memory for calls {} bytes; {} workers; \
+        "tyk-grpc-plugin {VERSION} listening on {}; {} HMAC key(s); messages up to {} bytes; memory for calls {} bytes; {} workers{}; \
          clock skew {:?}; connection age {:?} + {:?}; shutdown grace {:?}; keepalive {:?}/{:?}",
         bound.join(", "),
         hmac.key_count(),
         settings.max_message_bytes,
         settings.memory_limit,
         settings.workers,
+        if workers_look { "" } else { " (under a CPU limit: out of jobs they sleep at once)" },
         settings.clock_skew,
         settings.max_connection_age,
         settings.max_connection_age_grace,
