@@ -37,7 +37,7 @@ const LOOK_FOR: Duration = Duration::from_micros(200);
 
 pub struct Pool {
     queue: Mutex<Queue>,
-    /// The queue's length, for spinning workers to watch without the lock.
+    /// The queue's length, for the looking worker to watch without the lock.
     queued: AtomicUsize,
     job_ready: Condvar,
     /// Wakes the watcher when work arrives while it rests.
