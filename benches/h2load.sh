@@ -63,6 +63,8 @@ for round in $(seq "$rounds"); do
     read -r name address n <<<"$target"
     printf '%-5s %-14s %-12s %s\n' "$round" "$name" 256 "$(load 4 64 "$n" "$address/$dispatch")"
     printf '%-5s %-14s %-12s %s\n' "$round" "$name" 1 "$(load 1 1 $((n / 8)) "$address/$dispatch")"
+    # Logged lines go to the disk now, not while the next server is measured.
+    sync
   done
 done
 echo "plugin-info peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$info_pid/status"); log lines: $(wc -l <"$work/plugin-info.log")"
