@@ -22,7 +22,7 @@ fn dispatch(mut object: Object, call: &mut Call) -> Object {
         Ok(config) => config.get("add_headers").and_then(|headers| headers.as_object()).cloned(),
         Err(error) => {
             // A broken API definition should not fail its requests: warn and pass them on.
-            warn!("api={:?}: config_data is not JSON: {error}", object.spec.get("APIID"));
+            warn!("api={:?}: config_data is not JSON: {error}", object.spec.get("APIID").map_or("", String::as_str));
             None
         }
     };

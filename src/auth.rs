@@ -317,18 +317,19 @@ fn load_checked(path: &str) -> Result<Keys, String> {
 /// The decision goes to the call's log.
 pub fn authenticate(object: &mut Object, call: &mut Call) {
     let keys = call.hmac.keys();
-    let decision = decide(object, &keys, &call.hmac.policy, SystemTime::now());
-    match &decision {
-        Ok(_) => crate::metrics::metrics().decision(0, "none"),
-        Err(refusal) => crate::metrics::metrics().decision(refusal.status, refusal.class),
-    }
-    match decision {
-        Ok(accepted) => call.log(format_args!(
-            "authorised keyId={:?}{}",
-            crate::logging::shorten(&accepted.key.id),
-            if accepted.path_only_target { " ((request-target) in Tyk's form: path without query)" } else { "" }
-        )),
-        Err(refusal) => call.log(format_args!("refused {}: {}", refusal.status, refusal.reason)),
+    match decide(object, &keys, &call.hmac.policy, SystemTime::now()) {
+        Ok(accepted) => {
+            crate::metrics::metrics().decision(0, "none");
+            call.log(format_args!(
+                "authorised keyId={:?}{}",
+                crate::logging::shorten(&accepted.key.id),
+                if accepted.path_only_target { " ((request-target) in Tyk's form: path without query)" } else { "" }
+            ))
+        }
+        Err(refusal) => {
+            crate::metrics::metrics().decision(refusal.status, refusal.class);
+            call.log(format_args!("refused {}: {}", refusal.status, refusal.reason))
+        }
     }
 }
 
@@ -446,15 +447,13 @@ pub fn verify<'k>(
     };
     let key = keys.0.get(params.key_id);
     let matches = |signing_string: &str| proves(key.map(|key| &key.verifier), algorithm, signing_string, &signature);
-    let path_only_target = match matches(&draft) {
-        true => false,
-        false if tyk.as_deref().is_some_and(matches) => true,
-        false => {
-            key.ok_or(unauthorised("unknown_key", "unknown keyId"))?;
-            return Err(unauthorised("signature", "the signature does not match"));
-        }
-    };
+    // An unknown key is told only after the same work as a known one.
+    let draft_matches = matches(&draft);
+    let path_only_target = !draft_matches && tyk.as_deref().is_some_and(matches);
     let key = key.ok_or(unauthorised("unknown_key", "unknown keyId"))?;
+    if !draft_matches && !path_only_target {
+        return Err(unauthorised("signature", "the signature does not match"));
+    }
     if !policy.clock_skew.is_zero() {
         let skew = match now.duration_since(signed_at) {
             Ok(age) => age,

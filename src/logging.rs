@@ -169,28 +169,16 @@ pub const LOGGED_BODY_BYTES: usize = 64 << 10;
 /// Replaces what `redaction` names with "[redacted]", or with nothing for bodies; cuts bodies to
 /// LOGGED_BODY_BYTES.
 pub fn redact(object: &mut Object, redaction: &Redaction) {
-    let cut = |text: &mut String| {
-        if text.len() > LOGGED_BODY_BYTES {
-            let end = (0..=LOGGED_BODY_BYTES).rev().find(|&at| text.is_char_boundary(at)).unwrap_or(0);
-            text.truncate(end);
-        }
-    };
-    if let Some(request) = object.request.as_mut() {
-        cut(&mut request.body);
-        request.raw_body.truncate(LOGGED_BODY_BYTES);
-    }
-    if let Some(response) = object.response.as_mut() {
-        cut(&mut response.body);
-        response.raw_body.truncate(LOGGED_BODY_BYTES);
-    }
-    if redaction.leave_out_bodies {
-        if let Some(request) = object.request.as_mut() {
-            request.body.clear();
-            request.raw_body.clear();
-        }
-        if let Some(response) = object.response.as_mut() {
-            response.body.clear();
-            response.raw_body.clear();
+    let request = object.request.as_mut().map(|request| (&mut request.body, &mut request.raw_body));
+    let response = object.response.as_mut().map(|response| (&mut response.body, &mut response.raw_body));
+    for (body, raw_body) in [request, response].into_iter().flatten() {
+        if redaction.leave_out_bodies {
+            body.clear();
+            raw_body.clear();
+        } else {
+            let end = (0..=LOGGED_BODY_BYTES.min(body.len())).rev().find(|&at| body.is_char_boundary(at)).unwrap_or(0);
+            body.truncate(end);
+            raw_body.truncate(LOGGED_BODY_BYTES);
         }
     }
     if !redaction.hide_secrets {

@@ -16,7 +16,7 @@
 
 use log::{info, warn};
 use tyk_grpc_plugin::proto::{Event, HookType, Object};
-use tyk_grpc_plugin::{auth, Call};
+use tyk_grpc_plugin::{auth, logging, Call};
 
 /// One Dispatch call: edit the received object and return it. Never build a new one: the gateway
 /// reads `request.url`, `method` and `raw_body` back from the reply.
@@ -44,10 +44,7 @@ fn dispatch(mut object: Object, call: &mut Call) -> Object {
 fn dispatch_event(event: Event) {
     match serde_json::from_str::<serde_json::Value>(&event.payload) {
         Ok(payload) => info!("DispatchEvent {payload}"),
-        Err(error) => {
-            let start: String = event.payload.chars().take(200).collect();
-            warn!("DispatchEvent payload is not JSON ({error}): {start:?}")
-        }
+        Err(error) => warn!("DispatchEvent payload is not JSON ({error}): {:?}", logging::shorten(&event.payload)),
     }
 }
 

@@ -196,8 +196,7 @@ fn qualified(scope: &str, name: &str) -> String {
 }
 
 fn not_found(what: &str, name: &str) -> Response {
-    let name: String = name.chars().take(200).collect();
-    error(RpcStatusCode::NOT_FOUND, format!("no {what} {name:?} on this server"))
+    error(RpcStatusCode::NOT_FOUND, format!("no {what} {:?} on this server", crate::logging::shorten(name)))
 }
 
 fn error(code: RpcStatusCode, message: String) -> Response {

@@ -103,6 +103,18 @@ fn replica(address: &str, log_file: &Path) -> Plugin {
     Plugin::start_logging_to(&settings, log_file)
 }
 
+/// Three replicas on free ports, each logging to its `log_file` of generation 0.
+fn three_replicas(dir: &Path) -> (Vec<String>, Vec<Plugin>) {
+    let addresses: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let replicas = addresses.iter().enumerate().map(|(i, address)| replica(address, &log_file(dir, i, 0))).collect();
+    (addresses, replicas)
+}
+
+/// Where replica number `replica` logs after `generation` restarts.
+fn log_file(dir: &Path, replica: usize, generation: usize) -> PathBuf {
+    dir.join(format!("replica-{replica}-{generation}.log"))
+}
+
 /// The calls a drained replica answered, from its last log line.
 fn answered(log_file: &Path) -> usize {
     let log = std::fs::read_to_string(log_file).unwrap();
@@ -113,10 +125,7 @@ fn answered(log_file: &Path) -> usize {
 #[test]
 fn a_rolling_restart_loses_no_call_and_a_killed_replica_only_its_own() {
     let dir = temp_dir("scale-out");
-    let addresses: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let log_file = |replica: usize, generation: usize| dir.join(format!("replica-{replica}-{generation}.log"));
-    let mut replicas: Vec<Plugin> =
-        addresses.iter().enumerate().map(|(i, address)| replica(address, &log_file(i, 0))).collect();
+    let (addresses, mut replicas) = three_replicas(&dir);
     let client = round_robin_client(&addresses);
     let load = Load::start(&client);
     load.run_for(2000);
@@ -125,10 +134,10 @@ fn a_rolling_restart_loses_no_call_and_a_killed_replica_only_its_own() {
         replicas[i].signal(libc::SIGTERM);
         let status = replicas[i].wait_exit(Duration::from_secs(20));
         assert_eq!(status.code(), Some(0));
-        let served = answered(&log_file(i, 0));
+        let served = answered(&log_file(&dir, i, 0));
         assert!(served > 100, "replica {i} served calls before its restart: {served}");
         eprintln!("replica {i} drained after serving {served} calls");
-        replicas[i] = replica(address, &log_file(i, 1));
+        replicas[i] = replica(address, &log_file(&dir, i, 1));
         load.run_for(2000);
     }
     let after_rolling = load.ok();
@@ -237,10 +246,7 @@ impl GoLoad {
 #[ignore = "needs go and grpc-go (golang-go, golang-google-grpc-dev)"]
 fn rolling_restarts_under_the_gateways_grpc_go_client_lose_no_call() {
     let dir = temp_dir("grpc-go");
-    let addresses: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let log_file = |replica: usize, generation: usize| dir.join(format!("replica-{replica}-{generation}.log"));
-    let mut replicas: Vec<Plugin> =
-        addresses.iter().enumerate().map(|(i, address)| replica(address, &log_file(i, 0))).collect();
+    let (addresses, mut replicas) = three_replicas(&dir);
     let payload = dir.join("object.bin");
     std::fs::write(&payload, protobuf::Message::write_to_bytes(&object_with_hook(HookType::Post)).unwrap()).unwrap();
     let load = GoLoad::start(&addresses, 48, &payload);
@@ -251,7 +257,7 @@ fn rolling_restarts_under_the_gateways_grpc_go_client_lose_no_call() {
         for (i, address) in addresses.iter().enumerate() {
             replicas[i].signal(libc::SIGTERM);
             assert_eq!(replicas[i].wait_exit(Duration::from_secs(30)).code(), Some(0), "replica {i} drained");
-            replicas[i] = replica(address, &log_file(i, generation));
+            replicas[i] = replica(address, &log_file(&dir, i, generation));
             // The client finds the replica again before the next one goes.
             let before = load.counts().2.iter().find(|(a, _)| a == address).map_or(0, |(_, n)| *n);
             load.wait_for("the restarted replica serves", |_, by| {
