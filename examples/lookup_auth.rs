@@ -8,7 +8,7 @@
 //! Run it with `KEY_SERVICE=127.0.0.1:8000 cargo run --release --example lookup_auth`.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs as _};
 use std::time::Duration;
 
 use tyk_grpc_plugin::proto::{HookType, Object};
@@ -44,7 +44,9 @@ fn dispatch(mut object: Object, call: &mut Call) -> Object {
 /// The token's policy id, None when the service does not know it.
 fn lookup(token: &str) -> std::io::Result<Option<String>> {
     let address = std::env::var("KEY_SERVICE").map_err(|_| std::io::Error::other("KEY_SERVICE is not set"))?;
-    let mut stream = TcpStream::connect(&address)?;
+    let service =
+        address.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other("KEY_SERVICE has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&service, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     write!(stream, "GET /keys/{token} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
