@@ -316,10 +316,14 @@ fn big_bodies_beyond_the_memory_budget_get_resource_exhausted_and_the_server_ser
         BUDGET >> 20,
         peak >> 20
     );
-    assert!(ok >= 1, "a call that fits is served");
     // The margin: the process itself (about 25 MiB), and what gRPC core's buffers take beyond their
     // quota before it reacts.
     assert!(peak < BUDGET + MARGIN, "peak RSS {} MiB within the budget and {} MiB", peak >> 20, MARGIN >> 20);
     let sent = object_with_hook(HookType::Post);
     assert_eq!(dispatch(&client, &sent).unwrap(), sent, "it serves on");
+    // Of a burst, all may be refused: with 16 messages half-received at once, gRPC core's buffers
+    // can fill before any is complete, and core then cancels every stream (RST_STREAM
+    // ENHANCE_YOUR_CALM). A big call that fits, alone, is served.
+    let reply = dispatch(&client, &big).expect("a call that fits is served");
+    assert_eq!(reply.request.raw_body.len(), 30 << 20);
 }
