@@ -69,6 +69,29 @@ fn ci_runs_the_dockerfiles_build_command() {
     assert!(read(".ci/run").lines().any(|line| line.trim() == command), ".ci/run runs {command}");
 }
 
+#[test]
+fn the_reading_path_is_src_main_rs_and_everything_else_uses_the_library() {
+    // src/main.rs is the hooks and `main`, short enough to read in one go.
+    let main = read("src/main.rs");
+    let code = main.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with("//")).count();
+    assert!(code <= 200, "src/main.rs has {code} lines of code");
+    assert!(main.contains("tyk_grpc_plugin::run(dispatch, dispatch_event)"), "main hands its hooks to the server");
+    // Tests, benches, examples and fuzz targets reach the code through the crate, not by including
+    // its files.
+    let include = concat!("#[", "path");
+    for dir in ["src", "tests", "tests/common", "benches", "examples", "fuzz/fuzz_targets"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|extension| extension == "rs") {
+                let source = std::fs::read_to_string(&path).unwrap();
+                assert!(!source.contains(include), "{} includes a file by path", path.display());
+            }
+        }
+    }
+    assert!(!read("build.rs").contains("../proto"), "build.rs serves this crate alone");
+    assert!(!read("Dockerfile").contains("COPY benches"), "the image builds the library and the binary alone");
+}
+
 /// The settings table, as (name, default, meaning).
 fn settings_table() -> Vec<(String, String, String)> {
     let table = tyk_grpc_plugin::settings::SETTINGS.iter();
